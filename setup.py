@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+with open('README.md', encoding='utf-8') as f:
+    long_description = f.read()
+
+setup(
+    name='vxm-keras',
+    version='0.1.0',
+    description='Unsupervised deformable image registration (VoxelMorph) in TensorFlow 2 / Keras 3',
+    long_description=long_description,
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['vxm_keras', 'vxm_keras.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        # the default Keras 3 with the TensorFlow backend; tensorflow-cpu users:
+        # see the README (never install both wheels in one environment)
+        'tensorflow>=2.16',
+        'keras>=3.0',
+        'numpy',
+        'scipy',
+        'nibabel',
+        'h5py',
+        'matplotlib',
+    ],
+    extras_require={
+        'test': ['pytest'],
+    },
+    license='Apache-2.0',
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Medical Science Apps.',
+        'Topic :: Scientific/Engineering :: Image Processing',
+    ],
+)

@@ -1,0 +1,149 @@
+"""Losses against brute-force numpy implementations of the papers' formulas."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from numpy.lib.stride_tricks import sliding_window_view
+
+from vxm_keras import losses
+
+
+def ncc_bruteforce(I, J, win, eps=1e-5):
+    """cc map of (*S) arrays, windows zero-padded, every window counted in full."""
+    pad = [(w // 2, w // 2) for w in win]
+    Iw = sliding_window_view(np.pad(I.astype(np.float64), pad), win)
+    Jw = sliding_window_view(np.pad(J.astype(np.float64), pad), win)
+    axes = tuple(range(I.ndim, 2 * I.ndim))
+    Ic = Iw - Iw.mean(axis=axes, keepdims=True)
+    Jc = Jw - Jw.mean(axis=axes, keepdims=True)
+    cross = (Ic * Jc).sum(axes)
+    return cross ** 2 / ((Ic ** 2).sum(axes) * (Jc ** 2).sum(axes) + eps)
+
+
+@pytest.mark.parametrize('shape,win', [((11, 13, 10), 9), ((11, 13, 10), 5), ((20, 17), 9)])
+def test_ncc_matches_bruteforce(rng, shape, win):
+    from scipy.ndimage import gaussian_filter
+    # two correlated smooth-plus-noise images, as registration sees them
+    base = gaussian_filter(rng.random(shape), 1.5)
+    I = base + 0.05 * rng.random(shape)
+    J = 0.7 * base + 0.1 * rng.random(shape) + 0.2
+    loss = losses.NCC(win=win)
+    cc = loss.ncc_map(tf.constant(I[None, ..., None], tf.float32), tf.constant(J[None, ..., None], tf.float32))
+    ref = ncc_bruteforce(I, J, [win] * len(shape))
+    np.testing.assert_allclose(cc.numpy()[0, ..., 0], ref, atol=2e-4)
+    value = loss(tf.constant(I[None, ..., None], tf.float32), tf.constant(J[None, ..., None], tf.float32))
+    assert float(value) == pytest.approx(-ref.mean(), abs=1e-5)
+
+
+def test_ncc_batch_and_channels_are_independent(rng):
+    shape = (2, 10, 11, 9, 2)
+    I, J = rng.random(shape), rng.random(shape)
+    per_sample = losses.NCC(win=5).call(tf.constant(I, tf.float32), tf.constant(J, tf.float32)).numpy()
+    for b in range(2):
+        ref = np.mean([ncc_bruteforce(I[b, ..., c], J[b, ..., c], [5, 5, 5]).mean() for c in range(2)])
+        assert per_sample[b] == pytest.approx(-ref, abs=1e-5)
+
+
+def test_ncc_identical_images_is_one(rng):
+    I = rng.random((1, 16, 16, 16, 1)).astype(np.float32)
+    cc = losses.NCC().ncc_map(tf.constant(I), tf.constant(I)).numpy()
+    assert cc.min() > 1 - 1e-3 and cc.max() < 1 + 1e-5
+
+
+def test_ncc_constant_images_are_finite(rng):
+    const = np.full((1, 16, 16, 16, 1), 0.7, np.float32)
+    rand = rng.random(const.shape).astype(np.float32)
+    interior = (0, slice(4, -4), slice(4, -4), slice(4, -4), 0)
+    for a, b in [(const, const), (const, rand), (np.zeros_like(const), np.zeros_like(const))]:
+        ta, tb = tf.constant(a), tf.constant(b)
+        with tf.GradientTape() as tape:
+            tape.watch(tb)
+            value = losses.NCC()(ta, tb)
+        grad = tape.gradient(value, tb).numpy()
+        assert np.isfinite(float(value)) and np.all(np.isfinite(grad))
+        # the zero padding makes border windows of a constant image vary: the formula's own value
+        ref = ncc_bruteforce(a[0, ..., 0], b[0, ..., 0], [9, 9, 9])
+        assert float(value) == pytest.approx(-ref.mean(), abs=1e-4)
+        # windows inside a constant image carry no correlation at all
+        assert np.abs(losses.NCC().ncc_map(ta, tb).numpy()[interior]).max() < 1e-6
+
+
+def test_ncc_precise_on_large_offset_intensities(rng):
+    # raw scanner-like intensities: the naive float32 sums would cancel badly here
+    from scipy.ndimage import gaussian_filter
+    shape = (12, 12, 12)
+    I = 1000 + 50 * gaussian_filter(rng.random(shape), 2)
+    J = 1000 + 50 * gaussian_filter(rng.random(shape), 2)
+    cc = losses.NCC().ncc_map(tf.constant(I[None, ..., None], tf.float32),
+                              tf.constant(J[None, ..., None], tf.float32)).numpy()[0, ..., 0]
+    np.testing.assert_allclose(cc, ncc_bruteforce(I, J, [9, 9, 9]), atol=1e-3)
+
+
+def test_grad_matches_numpy(rng):
+    field = rng.standard_normal((2, 7, 8, 9, 3)).astype(np.float32)
+    for penalty, f in [('l2', np.square), ('l1', np.abs)]:
+        out = losses.Grad(penalty).call(None, tf.constant(field)).numpy()
+        for b in range(2):
+            ref = np.mean([f(np.diff(field[b], axis=ax)).mean() for ax in range(3)])
+            assert out[b] == pytest.approx(ref, rel=1e-5)
+    # 2-D, and a linear ramp whose forward difference is known exactly
+    ramp = np.zeros((1, 6, 5, 2), np.float32)
+    ramp[..., 0] = 0.5 * np.arange(6)[:, None]
+    # only d/dx0 of component 0 is non-zero: 0.25 on half the components -> mean 0.125, averaged over 2 axes
+    assert float(losses.Grad('l2')(np.zeros_like(ramp), tf.constant(ramp))) == pytest.approx(0.0625)
+
+
+def test_mse_and_image_sigma(rng):
+    a, b = rng.random((2, 5, 6, 1)), rng.random((2, 5, 6, 1))
+    ref = ((a - b) ** 2).reshape(2, -1).mean(1)
+    np.testing.assert_allclose(losses.MSE().call(tf.constant(a), tf.constant(b)).numpy(), ref, rtol=1e-5)
+    np.testing.assert_allclose(losses.MSE(image_sigma=0.1).call(tf.constant(a), tf.constant(b)).numpy(),
+                               ref / 0.01, rtol=1e-5)
+
+
+def test_dice_loss_hand_counts():
+    # 1-D strips of 10 voxels, 2 labels: label A true 0..4, predicted 2..6; label B the complement
+    t = np.zeros((1, 10, 1, 2), np.float32)
+    p = np.zeros_like(t)
+    t[0, :5, 0, 0] = 1
+    t[0, 5:, 0, 1] = 1
+    p[0, 2:7, 0, 0] = 1
+    p[0, :2, 0, 1] = 1
+    p[0, 7:, 0, 1] = 1
+    # A: overlap 3, sizes 5 + 5 -> 0.6; B: overlap 3 (7,8,9), sizes 5 + 5 -> 0.6
+    assert float(losses.Dice()(tf.constant(t), tf.constant(p))) == pytest.approx(-0.6)
+    assert float(losses.Dice()(tf.constant(t), tf.constant(t))) == pytest.approx(-1.0)
+
+
+def degree_bruteforce(shape):
+    deg = np.zeros(shape)
+    for idx in np.ndindex(*shape):
+        for d in range(len(shape)):
+            for step in (-1, 1):
+                j = list(idx)
+                j[d] += step
+                if 0 <= j[d] < shape[d]:
+                    deg[idx] += 1
+    return deg
+
+
+def test_kl_matches_numpy(rng):
+    shape = (6, 7, 5)
+    mu = rng.standard_normal((2,) + shape + (3,))
+    log_sigma = rng.standard_normal((2,) + shape + (3,)) - 3
+    lam = 25.0
+    y_pred = np.concatenate([mu, log_sigma], -1).astype(np.float32)
+    out = losses.KL(lam).call(None, tf.constant(y_pred)).numpy()
+    deg = degree_bruteforce(shape)[..., None]
+    for b in range(2):
+        sigma_term = np.mean(lam * deg * np.exp(log_sigma[b]) - log_sigma[b])
+        prec = sum(np.mean(np.diff(mu[b], axis=ax) ** 2) for ax in range(3))
+        ref = 0.5 * 3 * (sigma_term + lam * 0.5 * prec / 3)
+        assert out[b] == pytest.approx(ref, rel=1e-4)
+
+
+def test_losses_in_compile_and_serialisation():
+    import keras
+    for loss in [losses.NCC(win=7, eps=1e-3), losses.Grad('l1', loss_mult=2), losses.MSE(0.02),
+                 losses.Dice(), losses.KL(10)]:
+        clone = keras.losses.deserialize(keras.losses.serialize(loss))
+        assert type(clone) is type(loss) and clone.get_config() == loss.get_config()

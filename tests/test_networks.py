@@ -1,0 +1,153 @@
+"""Architecture, parameter counts, a short fit, and save/load across processes."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import vxm_keras
+from vxm_keras import losses, networks
+from vxm_keras.metrics import dice
+
+
+def expected_params(ndim, enc, dec):
+    """Count written from the papers' architecture: conv k^d * cin * cout + cout."""
+    k = 3 ** ndim
+    convs = [(2, enc[0]), (enc[0], enc[1]), (enc[1], enc[2]), (enc[2], enc[3]),  # encoder, stride 2
+             (enc[3], dec[0]),                 # 1/16
+             (dec[0] + enc[2], dec[1]),        # 1/8, skip from 3rd encoder level
+             (dec[1] + enc[1], dec[2]),        # 1/4
+             (dec[2] + enc[0], dec[3]),        # 1/2
+             (dec[3], dec[4]),                 # 1/2
+             (dec[4] + 2, dec[5])]             # full size, skip from the input pair
+    if len(dec) == 7:
+        convs.append((dec[5], dec[6]))
+    convs.append((dec[-1], ndim))              # flow
+    return sum(k * cin * cout + cout for cin, cout in convs)
+
+
+def test_param_counts_by_hand():
+    # VM-1 3-D written out in full: 54*16+16 + 27*16*32+32 + 2*(27*32*32+32) | decoder ...
+    by_hand = (54 * 16 + 16) + (27 * 16 * 32 + 32) + 2 * (27 * 32 * 32 + 32) \
+        + (27 * 32 * 32 + 32) + (27 * 64 * 32 + 32) + (27 * 64 * 32 + 32) + (27 * 48 * 32 + 32) \
+        + (27 * 32 * 8 + 8) + (27 * 10 * 8 + 8) + (27 * 8 * 3 + 3)
+    assert expected_params(3, (16, 32, 32, 32), (32, 32, 32, 32, 8, 8)) == by_hand
+
+
+@pytest.mark.parametrize('builder,enc,dec', [
+    (networks.vm1, (16, 32, 32, 32), (32, 32, 32, 32, 8, 8)),
+    (networks.vm2, (16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16)),
+])
+@pytest.mark.parametrize('inshape', [(160, 192, 224), (32, 32, 32), (64, 48)])
+def test_shapes_and_params(builder, enc, dec, inshape):
+    model = builder(inshape)
+    ndim = len(inshape)
+    assert [tuple(t.shape) for t in model.inputs] == [(None, *inshape, 1)] * 2
+    assert [tuple(t.shape) for t in model.outputs] == [(None, *inshape, 1), (None, *inshape, ndim)]
+    assert networks.count_params(model) == expected_params(ndim, enc, dec)
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D | keras.layers.Conv3D)]
+    assert [c.filters for c in convs] == list(enc) + list(dec) + [ndim]
+    assert [c.strides[0] for c in convs] == [2] * 4 + [1] * (len(dec) + 1)
+    assert all(c.kernel_size == (3,) * ndim and c.padding == 'same' for c in convs)
+    acts = [l for l in model.layers if isinstance(l, keras.layers.LeakyReLU)]
+    assert len(acts) == len(convs) - 1 and all(a.negative_slope == pytest.approx(0.2) for a in acts)
+    assert convs[-1].activation is keras.activations.linear
+
+
+def test_flow_initialisation_is_tiny():
+    model = networks.vm2((32, 32, 32))
+    kernel = model.get_layer('flow').kernel.numpy()
+    assert 0.5e-5 < kernel.std() < 2e-5 and np.abs(kernel.mean()) < 1e-6
+
+
+def test_rejects_shapes_not_divisible_by_16():
+    with pytest.raises(ValueError, match='not divisible by 16'):
+        networks.vm2((160, 190, 224))
+
+
+def test_diffeomorphic_variant_outputs(rng):
+    model = networks.vm2((32, 32, 32), int_steps=7, int_downsize=2)
+    assert tuple(model.outputs[1].shape) == (None, 16, 16, 16, 3)
+    x = rng.random((1, 32, 32, 32, 1)).astype(np.float32)
+    moved, warp = model.warp_model().predict([x, x], verbose=0)
+    assert moved.shape == x.shape and warp.shape == (1, 32, 32, 32, 3)
+
+
+def blob_pair(shape=(32, 32, 32), shift=(3, -2, 2)):
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing='ij'), -1).astype(np.float32)
+    centre = np.array(shape) / 2
+    r_fixed = np.linalg.norm(grid - centre, axis=-1)
+    r_moving = np.linalg.norm(grid - centre - np.array(shift), axis=-1)
+    fixed = np.exp(-(r_fixed / 6) ** 2)
+    moving = np.exp(-(r_moving / 6) ** 2)
+    return moving[None, ..., None], fixed[None, ..., None], (r_moving < 7), (r_fixed < 7)
+
+
+def test_short_fit_lowers_loss_and_raises_dice():
+    keras.utils.set_random_seed(1)
+    moving, fixed, seg_m, seg_f = blob_pair()
+    model = networks.vm2(moving.shape[1:-1])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=[losses.MSE(), losses.Grad('l2')],
+                  loss_weights=[1.0, 0.01])
+    zeros = np.zeros(moving.shape[:-1] + (3,), np.float32)
+    hist = model.fit([moving, fixed], [fixed, zeros], epochs=60, verbose=0)
+    loss = hist.history['loss']
+    assert loss[-1] < 0.3 * loss[0]
+    _, flow = model.predict([moving, fixed], verbose=0)
+    warped = networks.nn_transformer(moving.shape[1:-1]).predict(
+        [seg_m[None, ..., None].astype(np.float32), flow], verbose=0)[0, ..., 0]
+    before = dice(seg_m.astype(int), seg_f.astype(int), labels=[1])[1][0]
+    after = dice(warped.astype(int), seg_f.astype(int), labels=[1])[1][0]
+    assert after > before + 0.1, (before, after)
+
+
+@pytest.mark.parametrize('suffix', ['.h5', '.weights.h5', '.keras'])
+def test_save_and_load_in_fresh_process(tmp_path, rng, suffix):
+    model = networks.vm1((32, 32, 32), int_steps=5, int_downsize=2)
+    # move weights off their initial values so a mix-up would show
+    for w in model.weights:
+        w.assign(w + rng.normal(0, 0.01, w.shape).astype(np.float32))
+    x = rng.random((2, 2, 32, 32, 32, 1)).astype(np.float32)
+    moved, flow = model.predict([x[0], x[1]], verbose=0)
+    path = tmp_path / ('model' + suffix)
+    vxm_keras.save_model(model, path)
+    with pytest.raises(FileExistsError):
+        vxm_keras.save_model(model, path)
+    np.save(tmp_path / 'x.npy', x)
+    loader = 'keras.models.load_model(path, compile=False)' if suffix != '.weights.h5' \
+        else 'vxm_keras.load_model(path)'
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, keras
+        import vxm_keras
+        path = sys.argv[1]
+        m = {loader}
+        m2 = vxm_keras.load_model(path)
+        x = np.load(sys.argv[2])
+        out = [m.predict([x[0], x[1]], verbose=0), m2.predict([x[0], x[1]], verbose=0)]
+        np.savez(sys.argv[3], a0=out[0][0], a1=out[0][1], b0=out[1][0], b1=out[1][1],
+                 cls=type(m).__name__)
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    subprocess.run([sys.executable, '-c', script, str(path), str(tmp_path / 'x.npy'),
+                    str(tmp_path / 'out.npz')], check=True, env=env)
+    out = np.load(tmp_path / 'out.npz')
+    assert str(out['cls']) == 'VxmDense'
+    for key, ref in [('a0', moved), ('a1', flow), ('b0', moved), ('b1', flow)]:
+        np.testing.assert_allclose(out[key], ref, atol=1e-6)
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='missing.h5'):
+        vxm_keras.load_model(tmp_path / 'missing.h5')
+    bad = tmp_path / 'bad.h5'
+    bad.write_bytes(b'not an hdf5 file')
+    with pytest.raises(ValueError, match='bad.h5'):
+        vxm_keras.load_model(bad)
+    plain = tmp_path / 'plain.weights.h5'
+    networks.vm1((32, 32)).save_weights(plain)
+    with pytest.raises(ValueError, match='architecture record'):
+        vxm_keras.load_model(plain)

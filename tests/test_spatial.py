@@ -1,0 +1,157 @@
+"""SpatialTransformer, VecInt and RescaleTransform against scipy and analytic cases."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.ndimage import map_coordinates
+
+from conftest import smooth_field
+from vxm_keras.layers import RescaleTransform, SpatialTransformer, VecInt
+
+SHAPES = [(20, 23), (12, 14, 11)]
+
+
+def scipy_warp(vol, disp, order, mode='nearest', cval=0.0):
+    """Reference: vol (*S, C) sampled at x + disp(x) with map_coordinates."""
+    shape = vol.shape[:-1]
+    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing='ij')
+    coords = [g + disp[..., d] for d, g in enumerate(grid)]
+    return np.stack([map_coordinates(vol[..., c].astype(np.float64), coords, order=order, mode=mode, cval=cval)
+                     for c in range(vol.shape[-1])], -1)
+
+
+def run(layer, vol, disp):
+    return layer([tf.constant(vol[None]), tf.constant(disp[None])]).numpy()[0]
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('method,order', [('linear', 1), ('nearest', 0)])
+def test_matches_map_coordinates(rng, shape, method, order):
+    vol = rng.random(shape + (3,)).astype(np.float32)
+    # up to 6 voxels: many samples fall outside the volume, testing the border
+    disp = smooth_field(rng, shape, 6.0)
+    out = run(SpatialTransformer(method), vol, disp)
+    ref = scipy_warp(vol, disp, order)
+    assert out.shape == vol.shape
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing='ij'), -1)
+    loc = grid + disp
+    assert np.any(loc < 0) and np.any(loc > np.array(shape) - 1), 'field should reach outside'
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_fill_value_outside(rng, shape):
+    vol = rng.random(shape + (2,)).astype(np.float32)
+    disp = smooth_field(rng, shape, 5.0)
+    out = run(SpatialTransformer('linear', fill_value=-3.0), vol, disp)
+    ref = scipy_warp(vol, disp, 1, mode='constant', cval=-3.0)
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    assert np.sum(out == -3.0) > 0
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_zero_field_is_identity(rng, shape):
+    vol = rng.random(shape + (2,)).astype(np.float32)
+    for method in ('linear', 'nearest'):
+        out = run(SpatialTransformer(method), vol, np.zeros(shape + (len(shape),), np.float32))
+        np.testing.assert_array_equal(out, vol)
+
+
+def test_integer_shift_is_exact(rng):
+    shape = (10, 12, 9)
+    vol = rng.random(shape + (1,)).astype(np.float32)
+    disp = np.zeros(shape + (3,), np.float32)
+    disp[..., 0], disp[..., 2] = 2.0, -1.0
+    out = run(SpatialTransformer('linear'), vol, disp)
+    # out[x] = vol[x0 + 2, x1, x2 - 1] where that lies inside
+    np.testing.assert_array_equal(out[:-2, :, 1:], vol[2:, :, :-1])
+    # beyond the border the edge value is repeated
+    np.testing.assert_array_equal(out[-2:, :, 1:], np.repeat(vol[-1:, :, :-1], 2, axis=0))
+
+
+def test_xy_indexing_swaps_first_two_components(rng):
+    shape = (14, 16, 12)
+    vol = rng.random(shape + (1,)).astype(np.float32)
+    disp = smooth_field(rng, shape, 3.0)
+    swapped = disp[..., [1, 0, 2]]
+    a = run(SpatialTransformer(indexing='ij'), vol, disp)
+    b = run(SpatialTransformer(indexing='xy'), vol, swapped)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_gradients_finite_and_nonzero(rng, shape):
+    vol = tf.constant(rng.random((1,) + shape + (1,)).astype(np.float32))
+    disp = tf.constant(smooth_field(rng, shape, 2.0)[None])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([vol, disp])
+        loss = tf.reduce_sum(SpatialTransformer('linear')([vol, disp]) ** 2)
+    for g in tape.gradient(loss, [vol, disp]):
+        g = g.numpy()
+        assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+
+
+def test_gradient_wrt_field_matches_finite_differences(rng):
+    shape = (9, 10)
+    vol = tf.constant(rng.random((1,) + shape + (1,)).astype(np.float64).astype(np.float32))
+    disp0 = smooth_field(rng, shape, 1.5)
+    # stay away from integer sample positions, where linear interpolation has kinks
+    disp0 = disp0 + 0.25
+
+    def f(d):
+        return tf.reduce_sum(SpatialTransformer('linear')([vol, tf.constant(d[None])]) ** 2).numpy()
+
+    d = tf.constant(disp0[None])
+    with tf.GradientTape() as tape:
+        tape.watch(d)
+        loss = tf.reduce_sum(SpatialTransformer('linear')([vol, d]) ** 2)
+    grad = tape.gradient(loss, d).numpy()[0]
+    for idx in [(3, 4, 0), (5, 2, 1), (6, 6, 0)]:
+        h = 1e-2
+        plus, minus = disp0.copy(), disp0.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        fd = (f(plus) - f(minus)) / (2 * h)
+        assert grad[idx] == pytest.approx(fd, rel=2e-2, abs=1e-3)
+
+
+def test_vecint_zero_and_constant_fields():
+    shape = (12, 12, 12)
+    zero = np.zeros((1,) + shape + (3,), np.float32)
+    np.testing.assert_array_equal(VecInt(int_steps=7)(tf.constant(zero)).numpy(), zero)
+    # a constant velocity is a translation: exp(v) = v exactly
+    const = np.zeros_like(zero)
+    const[..., 0], const[..., 1] = 1.5, -0.75
+    np.testing.assert_allclose(VecInt(int_steps=7)(tf.constant(const)).numpy(), const, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(40, 40), (24, 24, 24)])
+def test_vecint_inverse_composes_to_identity(rng, shape):
+    vel = smooth_field(rng, shape, 2.0, sigma=4.0)
+    integrate = VecInt(int_steps=7)
+    fwd = integrate(tf.constant(vel[None])).numpy()[0]
+    inv = integrate(tf.constant(-vel[None])).numpy()[0]
+    # (id + inv) o (id + fwd) = id + fwd + inv(x + fwd(x))
+    composed = fwd + scipy_warp(inv, fwd, 1)
+    interior = tuple(slice(4, -4) for _ in shape)
+    assert np.abs(fwd).max() > 1.0
+    assert np.abs(composed[interior]).max() < 0.05
+
+
+@pytest.mark.parametrize('factor', [2.0, 0.5])
+def test_rescale_transform_matches_map_coordinates(rng, factor):
+    shape = (8, 10, 12)
+    disp = smooth_field(rng, shape, 2.0)
+    out = RescaleTransform(factor)(tf.constant(disp[None])).numpy()[0]
+    new = [int(round(n * factor)) for n in shape]
+    assert out.shape == tuple(new) + (3,)
+    grid = np.meshgrid(*[np.arange(n) / factor for n in new], indexing='ij')
+    ref = np.stack([map_coordinates(disp[..., d].astype(np.float64), grid, order=1, mode='nearest')
+                    for d in range(3)], -1) * factor
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_transformer_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match='differ'):
+        SpatialTransformer()([tf.zeros((1, 8, 8, 1)), tf.zeros((1, 8, 6, 2))])
+    with pytest.raises(ValueError, match='components'):
+        SpatialTransformer()([tf.zeros((1, 8, 8, 1)), tf.zeros((1, 8, 8, 3))])

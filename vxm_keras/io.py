@@ -1,0 +1,173 @@
+"""Reading and writing volumes: ``.npz``, ``.npy``, ``.nii``, ``.nii.gz``, ``.mgz``.
+
+Arrays are returned as stored: ``(*spatial)`` for a single-channel volume or
+``(*spatial, channels)``; a trailing singleton axis of a NIfTI/MGZ image is
+dropped. Affines are 4x4 voxel-to-world (RAS, mm) matrices; ``.npz`` files
+carry one under the key ``affine`` when :func:`save_volfile` was given one.
+
+Every error names the file. :class:`VolumeError` (a ``ValueError``) covers
+unreadable files, unknown extensions, missing keys and wrong shapes.
+"""
+
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+EXTENSIONS = ('.npz', '.npy', '.nii', '.nii.gz', '.mgz')
+# keys tried, in order, when an npz is read without an explicit key
+DEFAULT_NPZ_KEYS = ('vol', 'vol_data')
+
+
+class VolumeError(ValueError):
+    """A volume file that cannot be used: the message names the file and the problem."""
+
+
+def volume_extension(path):
+    """The recognised extension of ``path`` (``'.nii.gz'`` counts as one), or raise."""
+    name = os.fspath(path).lower()
+    for ext in sorted(EXTENSIONS, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    raise VolumeError(f'{path}: unknown volume format (expected one of {", ".join(EXTENSIONS)})')
+
+
+def _read_npz(path, key):
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            if key is None:
+                found = [k for k in DEFAULT_NPZ_KEYS if k in keys]
+                if found:
+                    key = found[0]
+                elif len(keys) == 1:
+                    key = keys[0]
+                else:
+                    raise VolumeError(f'{path}: no volume key {" or ".join(DEFAULT_NPZ_KEYS)} '
+                                      f'(keys found: {", ".join(keys) or "none"}); pass the key to use')
+            elif key not in keys:
+                raise VolumeError(f'{path}: no key {key!r} (keys found: {", ".join(keys) or "none"})')
+            vol = npz[key]
+            affine = npz['affine'] if 'affine' in keys and key != 'affine' else None
+    except VolumeError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise VolumeError(f'{path}: cannot read as .npz ({err})') from err
+    return vol, affine
+
+
+def _read_image(path):
+    import nibabel as nib  # imported here: only header formats need it
+    try:
+        img = nib.load(path)
+        vol = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise VolumeError(f'{path}: cannot read image ({type(err).__name__}: {err})') from err
+    if vol.ndim == 4 and vol.shape[-1] == 1:
+        vol = vol[..., 0]
+    return vol, np.asarray(img.affine, dtype=np.float64)
+
+
+def load_volfile(path, key=None, ret_affine=False, ndim=None, check_finite=False):
+    """Load a volume or label map.
+
+    Args:
+        path: ``.npz``, ``.npy``, ``.nii``, ``.nii.gz`` or ``.mgz`` file.
+        key: for ``.npz``: the array to read (e.g. ``'seg'``); by default
+            ``'vol'``, then ``'vol_data'``, then the only array in the file.
+        ret_affine: also return the 4x4 affine (``None`` when the file has
+            none, as for ``.npy``).
+        ndim: if given, the number of spatial dimensions required (2 or 3);
+            an extra trailing axis is accepted as channels.
+        check_finite: refuse arrays containing NaN or Inf.
+
+    Returns:
+        ``array`` or ``(array, affine)``.
+
+    Raises:
+        FileNotFoundError: missing file.
+        VolumeError: unreadable file, unknown extension, missing key, wrong
+            dimensionality, empty or non-finite data.
+    """
+    path = os.fspath(path)
+    ext = volume_extension(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: file not found')
+    if os.path.getsize(path) == 0:
+        raise VolumeError(f'{path}: file is empty')
+    if ext == '.npz':
+        vol, affine = _read_npz(path, key)
+    elif ext == '.npy':
+        try:
+            vol, affine = np.load(path, allow_pickle=False), None
+        except (OSError, ValueError, EOFError) as err:
+            raise VolumeError(f'{path}: cannot read as .npy ({err})') from err
+    else:
+        vol, affine = _read_image(path)
+    vol = np.asarray(vol)
+    if vol.size == 0:
+        raise VolumeError(f'{path}: volume is empty (shape {vol.shape})')
+    if ndim is not None and vol.ndim not in (ndim, ndim + 1):
+        raise VolumeError(f'{path}: expected a {ndim}-D volume, got an array of shape {vol.shape}')
+    if check_finite and np.issubdtype(vol.dtype, np.floating) and not np.all(np.isfinite(vol)):
+        raise VolumeError(f'{path}: contains NaN or Inf values')
+    return (vol, affine) if ret_affine else vol
+
+
+def _image_dtype(array, ext):
+    """Cast to a dtype the header format can store."""
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32) if array.dtype != np.float32 else array
+    if ext == '.mgz' and array.dtype not in (np.uint8, np.int16, np.int32):
+        return array.astype(np.int32)
+    if array.dtype in (np.int64, np.uint64):
+        return array.astype(np.int32)
+    return array
+
+
+def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=None):
+    """Write a volume atomically (temporary file in the same folder, then rename).
+
+    Args:
+        path: destination; the format follows the extension.
+        array: ``(*spatial)`` or ``(*spatial, channels)`` numpy array.
+        affine: 4x4 voxel-to-world matrix for NIfTI/MGZ (identity when
+            ``None``); stored under ``'affine'`` in an ``.npz``.
+        overwrite: replace an existing file; otherwise raise
+            ``FileExistsError``.
+        key: array name inside an ``.npz``.
+        extra: dict of further arrays for an ``.npz`` (e.g. ``{'seg': seg}``).
+    """
+    path = os.fspath(path)
+    ext = volume_extension(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f'{path}: exists (use overwrite to replace it)')
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'{path}: folder {folder} does not exist')
+    array = np.asarray(array)
+    # the temporary name keeps the extension: nibabel picks the format from it
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp' + ext, dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            if ext == '.npz':
+                arrays = {key: array, **(extra or {})}
+                if affine is not None:
+                    arrays['affine'] = np.asarray(affine, dtype=np.float64)
+                np.savez_compressed(f, **arrays)
+            elif ext == '.npy':
+                np.save(f, array)
+        if ext in ('.nii', '.nii.gz', '.mgz'):
+            import nibabel as nib
+            aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+            data = _image_dtype(array, ext)
+            img = (nib.MGHImage if ext == '.mgz' else nib.Nifti1Image)(data, aff)
+            nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,143 @@
+"""Keras layers of VoxelMorph: spatial transformer, field integration, rescaling.
+
+All layers are registered under the package name ``vxm_keras`` so that a model
+saved to ``.h5`` or ``.keras`` loads with plain ``keras.models.load_model``
+once ``vxm_keras`` has been imported. Fields are displacements in voxel units
+with ``ij`` indexing (see :mod:`vxm_keras.spatial`).
+"""
+
+import keras
+import tensorflow as tf
+
+from . import spatial
+
+_register = keras.saving.register_keras_serializable(package='vxm_keras')
+
+
+@_register
+class SpatialTransformer(keras.layers.Layer):
+    """Warp images by a dense displacement field (the VoxelMorph transformer).
+
+    Inputs ``[image, disp]``: ``image`` is ``(batch, *spatial, channels)`` with
+    any number of channels, ``disp`` is ``(batch, *spatial, ndim)`` in voxel
+    units; output voxel ``x`` is ``image`` sampled at ``x + disp(x)``.
+    Output ``(batch, *spatial, channels)``, float32.
+
+    Args:
+        interp_method: ``'linear'`` (differentiable with respect to image and
+            field) or ``'nearest'`` (label maps).
+        indexing: ``'ij'`` (component ``d`` moves along axis ``d``) or ``'xy'``
+            (first two components swapped, as in the 2018 release).
+        fill_value: ``None`` to take the nearest edge value outside the
+            volume, or a number to use there instead.
+    """
+
+    def __init__(self, interp_method='linear', indexing='ij', fill_value=None, **kwargs):
+        if interp_method not in ('linear', 'nearest'):
+            raise ValueError(f"interp_method must be 'linear' or 'nearest', got {interp_method!r}")
+        if indexing not in ('ij', 'xy'):
+            raise ValueError(f"indexing must be 'ij' or 'xy', got {indexing!r}")
+        # sampling is done in float32 even under a mixed-precision policy
+        kwargs.setdefault('dtype', 'float32')
+        super().__init__(**kwargs)
+        self.interp_method = interp_method
+        self.indexing = indexing
+        self.fill_value = fill_value
+
+    def build(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError('SpatialTransformer takes two inputs: [image, displacement]')
+        vol_shape, disp_shape = input_shape
+        ndim = len(vol_shape) - 2
+        if tuple(disp_shape[1:-1]) != tuple(vol_shape[1:-1]):
+            raise ValueError(f'SpatialTransformer: image spatial shape {tuple(vol_shape[1:-1])} and '
+                             f'displacement spatial shape {tuple(disp_shape[1:-1])} differ')
+        if disp_shape[-1] != ndim:
+            raise ValueError(f'SpatialTransformer: a {ndim}-D image needs a displacement with {ndim} '
+                             f'components, got {disp_shape[-1]}')
+
+    def call(self, inputs):
+        vol, disp = inputs
+        return spatial.transform(vol, disp, interp_method=self.interp_method,
+                                 indexing=self.indexing, fill_value=self.fill_value)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(interp_method=self.interp_method, indexing=self.indexing,
+                      fill_value=self.fill_value)
+        return config
+
+
+@_register
+class VecInt(keras.layers.Layer):
+    """Integrate a stationary velocity field by scaling and squaring.
+
+    Input ``(batch, *spatial, ndim)`` velocity ``v`` in voxel units; output the
+    displacement of ``exp(v)``, same shape: ``u = v / 2**int_steps``, then
+    ``int_steps`` times ``u <- u + u o (id + u)`` (linear interpolation, edge
+    values outside). ``int_steps=0`` returns ``v``.
+
+    Args:
+        method: ``'ss'`` (scaling and squaring), the only method.
+        int_steps: number of squaring steps (7 in the papers).
+        indexing: ``'ij'`` or ``'xy'``, as in :class:`SpatialTransformer`.
+    """
+
+    def __init__(self, method='ss', int_steps=7, indexing='ij', **kwargs):
+        if method not in ('ss', 'scaling_and_squaring'):
+            raise ValueError(f"VecInt supports method='ss' (scaling and squaring), got {method!r}")
+        if int(int_steps) < 0:
+            raise ValueError(f'int_steps must be >= 0, got {int_steps}')
+        kwargs.setdefault('dtype', 'float32')
+        super().__init__(**kwargs)
+        self.method = 'ss'
+        self.int_steps = int(int_steps)
+        self.indexing = indexing
+
+    def call(self, vel):
+        disp = tf.cast(vel, tf.float32) * (1.0 / 2 ** self.int_steps)
+        for _ in range(self.int_steps):
+            disp = disp + spatial.transform(disp, disp, 'linear', indexing=self.indexing)
+        return disp
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(method=self.method, int_steps=self.int_steps, indexing=self.indexing)
+        return config
+
+
+@_register
+class RescaleTransform(keras.layers.Layer):
+    """Resize a displacement field by ``factor`` and scale its values with it.
+
+    Input ``(batch, *spatial, ndim)``; output
+    ``(batch, *round(spatial * factor), ndim)``. Output voxel ``i`` samples the
+    input at ``i / factor`` with linear interpolation, then the vectors are
+    multiplied by ``factor`` so they stay in voxel units of the new grid.
+    ``factor=2`` brings a half-resolution field to full resolution.
+    """
+
+    def __init__(self, factor, **kwargs):
+        if float(factor) <= 0:
+            raise ValueError(f'factor must be positive, got {factor}')
+        kwargs.setdefault('dtype', 'float32')
+        super().__init__(**kwargs)
+        self.factor = float(factor)
+
+    def call(self, disp):
+        return spatial.rescale_field(disp, self.factor)
+
+    def compute_output_shape(self, input_shape):
+        spatial_shape = [int(round(n * self.factor)) for n in input_shape[1:-1]]
+        return (input_shape[0], *spatial_shape, input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(factor=self.factor)
+        return config

@@ -1,0 +1,258 @@
+"""Losses of VoxelMorph as ``keras.losses.Loss`` subclasses.
+
+Each loss returns one value per batch element (Keras then averages over the
+batch), so they plug straight into
+``model.compile(loss=[NCC(), Grad('l2')], loss_weights=[1, lam])`` for a model
+with outputs ``[moved, flow]``. Images are ``(batch, *spatial, channels)``;
+fields are ``(batch, *spatial, ndim)`` displacements (or velocities) in voxel
+units.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .spatial import box_sum
+
+_register = keras.saving.register_keras_serializable(package='vxm_keras')
+
+
+def _spatial_axes(x):
+    return list(range(1, len(x.shape) - 1))
+
+
+def _per_sample_mean(x):
+    return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=-1)
+
+
+def _window_counts(volshape, win):
+    """Number of in-volume voxels in the window centred on each voxel, ``(*volshape,)``."""
+    counts = np.ones((), dtype=np.float32)
+    for n, w in zip(volshape, win):
+        idx = np.arange(n)
+        c = np.minimum(idx + w // 2, n - 1) - np.maximum(idx - w // 2, 0) + 1
+        counts = np.multiply.outer(counts, c.astype(np.float32))
+    return counts
+
+
+@_register
+class NCC(keras.losses.Loss):
+    """Local (windowed) normalised cross-correlation; the loss is ``-NCC``.
+
+    For every voxel, over the ``win``-sized window centred on it (zeros
+    outside the volume, the window size always counted in full as in the
+    original code), with ``n = prod(win)`` and window sums ``S``::
+
+        cross = S[IJ] - S[I] S[J] / n
+        var_I = S[I^2] - S[I]^2 / n,   var_J likewise
+        cc    = cross^2 / (var_I var_J + eps)
+
+    and NCC is the mean of ``cc`` over voxels (and channels, each channel on
+    its own). Window sums use a separable box filter: ``3 * win`` operations
+    per voxel instead of ``win^3``, the same numbers. Each image is first
+    shifted by its own mean and the zero padding accounted for exactly, so
+    float32 sums do not cancel catastrophically in flat regions; variances
+    are clamped at zero, so constant regions give finite values.
+
+    Args:
+        win: window size, an odd int or one per spatial axis (default 9).
+        eps: stabiliser in the denominator.
+    """
+
+    def __init__(self, win=9, eps=1e-5, name='ncc', **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.win = win
+        self.eps = float(eps)
+
+    def _window(self, ndim):
+        win = [int(self.win)] * ndim if np.isscalar(self.win) else [int(w) for w in self.win]
+        if len(win) != ndim or any(w < 1 or w % 2 == 0 for w in win):
+            raise ValueError(f'NCC window must be odd and have {ndim} entries, got {self.win}')
+        return win
+
+    def ncc_map(self, y_true, y_pred):
+        """Per-voxel ``cc``, shape ``(batch, *spatial, channels)``."""
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.cast(y_pred, tf.float32)
+        ndim = len(y_pred.shape) - 2
+        win = self._window(ndim)
+        n = float(np.prod(win))
+        nch = y_pred.shape[-1]
+        # I = I' + a inside the volume, 0 outside (the padding). With m the
+        # in-volume count of a window and r = 1 - m / n, exactly:
+        #   cross = S[I'J'] - S[I']S[J']/n + r (a S[J'] + b S[I'] + a b m)
+        #   var_I = S[I'^2] - S[I']^2/n   + r (2 a S[I'] + a^2 m)
+        # so interior windows (r = 0) only ever sum centred values.
+        axes = list(range(1, ndim + 1))
+        a = tf.stop_gradient(tf.reduce_mean(y_true, axes, keepdims=True))
+        b = tf.stop_gradient(tf.reduce_mean(y_pred, axes, keepdims=True))
+        i, j = y_true - a, y_pred - b
+        sums = box_sum(tf.concat([i, j, i * i, j * j, i * j], -1), win)
+        s_i, s_j, s_ii, s_jj, s_ij = [sums[..., k * nch:(k + 1) * nch] for k in range(5)]
+        m = tf.constant(_window_counts(y_pred.shape[1:-1], win)[None, ..., None])
+        r = 1.0 - m / n
+        cross = s_ij - s_i * s_j / n + r * (a * s_j + b * s_i + a * b * m)
+        var_i = tf.maximum(s_ii - s_i * s_i / n + r * (2.0 * a * s_i + a * a * m), 0.0)
+        var_j = tf.maximum(s_jj - s_j * s_j / n + r * (2.0 * b * s_j + b * b * m), 0.0)
+        return cross * cross / (var_i * var_j + self.eps)
+
+    def call(self, y_true, y_pred):
+        return -_per_sample_mean(self.ncc_map(y_true, y_pred))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(win=self.win, eps=self.eps)
+        return config
+
+
+@_register
+class MSE(keras.losses.Loss):
+    """Mean squared intensity difference per batch element.
+
+    Args:
+        image_sigma: if given, the result is divided by ``image_sigma**2``
+            (the Gaussian image likelihood of the probabilistic model).
+    """
+
+    def __init__(self, image_sigma=None, name='mse', **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.image_sigma = None if image_sigma is None else float(image_sigma)
+
+    def call(self, y_true, y_pred):
+        mse = _per_sample_mean(tf.square(tf.cast(y_true, tf.float32) - tf.cast(y_pred, tf.float32)))
+        if self.image_sigma is not None:
+            mse = mse / (self.image_sigma ** 2)
+        return mse
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(image_sigma=self.image_sigma)
+        return config
+
+
+def forward_differences(field):
+    """Forward differences of ``(batch, *spatial, channels)`` along each spatial axis.
+
+    Returns a list with, for axis ``d``, ``field[x + e_d] - field[x]`` of shape
+    ``(batch, *spatial with spatial[d] - 1, channels)``.
+    """
+    diffs = []
+    for axis in _spatial_axes(field):
+        head = [slice(None)] * len(field.shape)
+        tail = list(head)
+        head[axis] = slice(1, None)
+        tail[axis] = slice(None, -1)
+        diffs.append(field[tuple(head)] - field[tuple(tail)])
+    return diffs
+
+
+@_register
+class Grad(keras.losses.Loss):
+    """Smoothness penalty on a field: mean squared (``'l2'``) or absolute
+    (``'l1'``) forward differences, averaged over the spatial dimensions.
+
+    ``y_true`` is ignored (pass zeros). For a field ``u`` of ``ndim`` spatial
+    dims: ``(1/ndim) * sum_d mean(|D_d u|^p)`` per batch element.
+
+    Args:
+        penalty: ``'l1'`` or ``'l2'``.
+        loss_mult: optional factor (VoxelMorph used it for downsampled fields).
+    """
+
+    def __init__(self, penalty='l2', loss_mult=None, name='grad', **kwargs):
+        if penalty not in ('l1', 'l2'):
+            raise ValueError(f"penalty must be 'l1' or 'l2', got {penalty!r}")
+        super().__init__(name=name, **kwargs)
+        self.penalty = penalty
+        self.loss_mult = None if loss_mult is None else float(loss_mult)
+
+    def call(self, y_true, y_pred):
+        diffs = forward_differences(tf.cast(y_pred, tf.float32))
+        if self.penalty == 'l1':
+            terms = [_per_sample_mean(tf.abs(d)) for d in diffs]
+        else:
+            terms = [_per_sample_mean(d * d) for d in diffs]
+        grad = tf.add_n(terms) / len(terms)
+        if self.loss_mult is not None:
+            grad = grad * self.loss_mult
+        return grad
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(penalty=self.penalty, loss_mult=self.loss_mult)
+        return config
+
+
+@_register
+class Dice(keras.losses.Loss):
+    """Soft Dice loss on one-hot (or probabilistic) label maps; the loss is ``-Dice``.
+
+    ``y_true`` and ``y_pred`` are ``(batch, *spatial, labels)``; per label
+    ``2 sum(t p) / max(sum(t + p), 1e-5)``, averaged over labels.
+    """
+
+    def __init__(self, name='dice', **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.cast(y_pred, tf.float32)
+        axes = _spatial_axes(y_pred)
+        top = 2.0 * tf.reduce_sum(y_true * y_pred, axes)
+        bottom = tf.maximum(tf.reduce_sum(y_true + y_pred, axes), 1e-5)
+        return -tf.reduce_mean(top / bottom, axis=-1)
+
+
+def degree_matrix(volshape):
+    """Number of face neighbours inside the volume of every voxel, ``(*volshape,)`` numpy.
+
+    This is the diagonal of the degree matrix ``D`` of the grid graph whose
+    Laplacian is the precision of the probabilistic model's prior.
+    """
+    deg = np.zeros(volshape, dtype=np.float32)
+    for d, n in enumerate(volshape):
+        count = np.full(n, 2.0, dtype=np.float32)
+        count[0] -= 1
+        count[-1] -= 1
+        shape = [1] * len(volshape)
+        shape[d] = n
+        deg += count.reshape(shape)
+    return deg
+
+
+@_register
+class KL(keras.losses.Loss):
+    """KL divergence of the probabilistic diffeomorphic model (MICCAI 2018, MedIA 2019).
+
+    ``y_pred`` is ``concat([mu, log_sigma], -1)`` of shape
+    ``(batch, *spatial, 2 * ndim)``, the mean and log-variance of the
+    velocity field's Gaussian posterior. The prior has precision
+    ``prior_lambda * L`` with ``L = D - A`` the grid Laplacian. Per batch
+    element::
+
+        0.5 * ndim * ( mean(prior_lambda * D * exp(log_sigma) - log_sigma)
+                       + prior_lambda * 0.5 / ndim * sum_d mean((D_d mu)^2) )
+
+    with ``D`` the degree of each voxel (:func:`degree_matrix`). ``y_true`` is
+    ignored.
+    """
+
+    def __init__(self, prior_lambda=25.0, name='kl', **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.prior_lambda = float(prior_lambda)
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.cast(y_pred, tf.float32)
+        ndim = len(y_pred.shape) - 2
+        mean = y_pred[..., :ndim]
+        log_sigma = y_pred[..., ndim:]
+        deg = tf.constant(degree_matrix(tuple(y_pred.shape[1:-1]))[..., None])
+        sigma_term = _per_sample_mean(self.prior_lambda * deg * tf.exp(log_sigma) - log_sigma)
+        prec = tf.add_n([_per_sample_mean(d * d) for d in forward_differences(mean)])
+        prec_term = self.prior_lambda * 0.5 * prec / ndim
+        return 0.5 * ndim * (sigma_term + prec_term)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(prior_lambda=self.prior_lambda)
+        return config

@@ -1,0 +1,274 @@
+"""VoxelMorph networks (CVPR 2018 / TMI 2019) as Keras functional models.
+
+``vm1(inshape)`` and ``vm2(inshape)`` build the papers' VM-1 and VM-2.
+Inputs are ``[moving, fixed]``, each ``(batch, *inshape, 1)``; outputs are
+``[moved, flow]``: the moving image warped by the predicted displacement and
+the field the smoothness loss applies to, ``(batch, *inshape, ndim)`` in voxel
+units with ``ij`` indexing. With ``int_steps > 0`` (diffeomorphic variant)
+``flow`` is the stationary velocity (at ``1 / int_downsize`` resolution) and
+the displacement itself comes from :meth:`VxmDense.warp_model`.
+"""
+
+import json
+import os
+import tempfile
+
+import h5py
+import keras
+import numpy as np
+
+from .layers import RescaleTransform, SpatialTransformer, VecInt
+
+_register = keras.saving.register_keras_serializable(package='vxm_keras')
+
+VM1_ENC = (16, 32, 32, 32)
+VM1_DEC = (32, 32, 32, 32, 8, 8)
+VM2_ENC = (16, 32, 32, 32)
+VM2_DEC = (32, 32, 32, 32, 32, 16, 16)
+
+# the architecture record stored in .weights.h5 files written by save_model
+_CONFIG_ATTR = 'vxm_keras_model'
+
+
+def _conv(ndim):
+    return {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[ndim]
+
+
+def _upsample(ndim):
+    return {1: keras.layers.UpSampling1D, 2: keras.layers.UpSampling2D, 3: keras.layers.UpSampling3D}[ndim]
+
+
+def conv_block(x, nf, strides=1, name=None):
+    """3x3(x3) 'same' convolution, he_normal init, LeakyReLU(0.2).
+
+    ``x`` is ``(batch, *spatial, channels)``; returns
+    ``(batch, *spatial / strides, nf)``.
+    """
+    ndim = len(x.shape) - 2
+    x = _conv(ndim)(nf, kernel_size=3, padding='same', strides=strides,
+                    kernel_initializer='he_normal', name=None if name is None else name + '_conv')(x)
+    return keras.layers.LeakyReLU(negative_slope=0.2, name=None if name is None else name + '_act')(x)
+
+
+def check_inshape(inshape, levels=4):
+    """Raise ``ValueError`` unless every spatial size is a positive multiple of ``2**levels``."""
+    inshape = tuple(int(n) for n in inshape)
+    if len(inshape) not in (2, 3):
+        raise ValueError(f'inshape must have 2 or 3 spatial dimensions, got {inshape}')
+    factor = 2 ** levels
+    bad = [n for n in inshape if n <= 0 or n % factor]
+    if bad:
+        raise ValueError(f'input shape {inshape} is not divisible by {factor}: the U-Net halves the '
+                         f'grid {levels} times, so every size must be a multiple of {factor} '
+                         f'(pad or crop the volumes, e.g. to 160x192x224)')
+    return inshape
+
+
+def unet_core(x, enc_nf, dec_nf):
+    """The VoxelMorph U-Net on a Keras tensor ``x`` ``(batch, *spatial, channels)``.
+
+    Encoder: ``enc_nf`` (4 entries) stride-2 conv blocks, down to 1/16.
+    Decoder: ``dec_nf[0]`` at 1/16, upsample + skip, ``dec_nf[1]`` at 1/8,
+    upsample + skip, ``dec_nf[2]`` at 1/4, upsample + skip, ``dec_nf[3]`` and
+    ``dec_nf[4]`` at 1/2, upsample + concat with ``x``, ``dec_nf[5]`` at full
+    size, and ``dec_nf[6]`` when given (VM-2). Returns the last feature map
+    ``(batch, *spatial, dec_nf[-1])``.
+    """
+    enc_nf, dec_nf = list(enc_nf), list(dec_nf)
+    if len(enc_nf) != 4 or len(dec_nf) not in (6, 7):
+        raise ValueError(f'enc_nf needs 4 entries and dec_nf 6 or 7, got {enc_nf} and {dec_nf}')
+    ndim = len(x.shape) - 2
+    up = _upsample(ndim)
+    enc = [x]
+    for i, nf in enumerate(enc_nf):
+        enc.append(conv_block(enc[-1], nf, strides=2, name=f'enc_{i}'))
+    y = conv_block(enc[-1], dec_nf[0], name='dec_0')
+    for i, skip in zip((1, 2, 3), (enc[3], enc[2], enc[1])):
+        y = up(name=f'dec_up_{i}')(y)
+        y = keras.layers.Concatenate(name=f'dec_skip_{i}')([y, skip])
+        y = conv_block(y, dec_nf[i], name=f'dec_{i}')
+    y = conv_block(y, dec_nf[4], name='dec_4')
+    y = up(name='dec_up_5')(y)
+    y = keras.layers.Concatenate(name='dec_skip_5')([y, enc[0]])
+    y = conv_block(y, dec_nf[5], name='dec_5')
+    if len(dec_nf) == 7:
+        y = conv_block(y, dec_nf[6], name='dec_6')
+    return y
+
+
+@_register
+class VxmDense(keras.Model):
+    """VoxelMorph dense registration network (a functional model).
+
+    Args:
+        inshape: spatial shape ``(*spatial,)``, 2-D or 3-D, each size a
+            multiple of 16.
+        enc_nf, dec_nf: encoder (4) and decoder (6 or 7) feature counts.
+        int_steps: 0 for a plain displacement; > 0 integrates the predicted
+            velocity with that many scaling-and-squaring steps.
+        int_downsize: integrate at ``1 / int_downsize`` resolution.
+        indexing: ``'ij'``, or ``'xy'`` for fields in the 2018 layout.
+
+    Inputs ``[moving, fixed]`` ``(batch, *inshape, 1)``; outputs ``[moved,
+    flow]`` (see the module docstring).
+    """
+
+    def __init__(self, inshape, enc_nf=VM2_ENC, dec_nf=VM2_DEC, int_steps=0, int_downsize=1,
+                 indexing='ij', name='vxm_dense', **kwargs):
+        inshape = check_inshape(inshape)
+        ndim = len(inshape)
+        int_steps, int_downsize = int(int_steps), int(int_downsize)
+        if int_downsize < 1 or any(n % int_downsize for n in inshape):
+            raise ValueError(f'int_downsize={int_downsize} must be >= 1 and divide the input shape {inshape}')
+        moving = keras.Input(shape=(*inshape, 1), name='moving')
+        fixed = keras.Input(shape=(*inshape, 1), name='fixed')
+        x = keras.layers.Concatenate(name='moving_fixed')([moving, fixed])
+        features = unet_core(x, enc_nf, dec_nf)
+        flow = _conv(ndim)(ndim, kernel_size=3, padding='same', name='flow',
+                           kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1e-5))(features)
+        if int_steps > 0:
+            if int_downsize > 1:
+                vel = RescaleTransform(1.0 / int_downsize, name='flow_down')(flow)
+                warp = VecInt(int_steps=int_steps, indexing=indexing, name='vecint')(vel)
+                warp = RescaleTransform(int_downsize, name='warp')(warp)
+            else:
+                vel = flow
+                warp = VecInt(int_steps=int_steps, indexing=indexing, name='warp')(vel)
+            loss_field = vel
+        else:
+            warp = loss_field = flow
+        moved = SpatialTransformer(interp_method='linear', indexing=indexing, name='transformer')([moving, warp])
+        super().__init__(inputs=[moving, fixed], outputs=[moved, loss_field], name=name, **kwargs)
+        self.inshape = inshape
+        self.enc_nf = [int(n) for n in enc_nf]
+        self.dec_nf = [int(n) for n in dec_nf]
+        self.int_steps = int_steps
+        self.int_downsize = int_downsize
+        self.indexing = indexing
+
+    def get_config(self):
+        return dict(inshape=list(self.inshape), enc_nf=self.enc_nf, dec_nf=self.dec_nf,
+                    int_steps=self.int_steps, int_downsize=self.int_downsize,
+                    indexing=self.indexing, name=self.name)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+    def warp_model(self):
+        """Model ``[moving, fixed] -> [moved, warp]`` with ``warp`` the full-resolution
+        displacement ``(batch, *inshape, ndim)``, voxel units, ``ij`` (or the model's) indexing."""
+        warp = self.get_layer('warp' if self.int_steps > 0 else 'flow').output
+        return keras.Model(self.inputs, [self.outputs[0], warp], name=self.name + '_warp')
+
+
+# Legacy .h5 files name a model by its bare class name, not the registered
+# 'vxm_keras>VxmDense'; make that name resolvable as well.
+keras.saving.get_custom_objects()['VxmDense'] = VxmDense
+
+
+def vxm_net(inshape, enc_nf, dec_nf, int_steps=0, int_downsize=1, indexing='ij'):
+    """Build a :class:`VxmDense`; see its docstring for shapes and arguments."""
+    return VxmDense(inshape, enc_nf, dec_nf, int_steps=int_steps, int_downsize=int_downsize,
+                    indexing=indexing)
+
+
+def vm1(inshape, **kwargs):
+    """VM-1 of the papers: encoder 16,32,32,32, decoder 32,32,32,32,8,8."""
+    return VxmDense(inshape, VM1_ENC, VM1_DEC, name=kwargs.pop('name', 'vm1'), **kwargs)
+
+
+def vm2(inshape, **kwargs):
+    """VM-2 of the papers: encoder 16,32,32,32, decoder 32,32,32,32,32,16,16."""
+    return VxmDense(inshape, VM2_ENC, VM2_DEC, name=kwargs.pop('name', 'vm2'), **kwargs)
+
+
+def nn_transformer(inshape, indexing='ij'):
+    """Model ``[labels, warp] -> warped labels`` with nearest-neighbour sampling.
+
+    ``labels`` is ``(batch, *inshape, channels)`` (integer labels as floats,
+    exact below 2**24), ``warp`` ``(batch, *inshape, ndim)``.
+    """
+    inshape = tuple(int(n) for n in inshape)
+    labels = keras.Input(shape=(*inshape, None), name='labels')
+    warp = keras.Input(shape=(*inshape, len(inshape)), name='warp')
+    out = SpatialTransformer(interp_method='nearest', indexing=indexing, name='nn_transformer')([labels, warp])
+    return keras.Model([labels, warp], out, name='nn_transformer')
+
+
+def _temporary_path(path):
+    """A hidden name in the same folder that keeps the suffix Keras needs."""
+    folder, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.getpid()}-', suffix='-' + base, dir=folder)
+    os.close(fd)
+    os.unlink(tmp)  # Keras and h5py want to create the file themselves
+    return tmp
+
+
+def save_model(model, path, overwrite=False):
+    """Save ``model`` atomically (temporary file in the same folder, then rename).
+
+    ``path`` ending in ``.weights.h5`` saves weights only, plus a record of
+    the architecture so :func:`load_model` can rebuild it; ``.h5`` (legacy
+    HDF5) and ``.keras`` save the full model. Existing files are replaced only
+    with ``overwrite=True``.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f'{path}: exists; pass overwrite=True to replace it')
+    if not path.endswith(('.h5', '.keras')):
+        raise ValueError(f'{path}: model files must end in .h5, .weights.h5 or .keras')
+    tmp = _temporary_path(path)
+    try:
+        if path.endswith('.weights.h5'):
+            model.save_weights(tmp)
+            record = {'class_name': keras.saving.get_registered_name(type(model)),
+                      'config': model.get_config()}
+            with h5py.File(tmp, 'a') as f:
+                f.attrs[_CONFIG_ATTR] = json.dumps(record)
+        else:
+            model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_model(path, compile=False):
+    """Load a vxm_keras model from ``.h5``, ``.keras`` or ``.weights.h5``.
+
+    No custom objects are needed. ``.weights.h5`` files must come from
+    :func:`save_model` (they carry the architecture); for other weight files
+    build the network yourself and call ``model.load_weights``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable vxm_keras model.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: model file not found')
+    try:
+        if path.endswith('.weights.h5'):
+            with h5py.File(path, 'r') as f:
+                record = f.attrs.get(_CONFIG_ATTR)
+            if record is None:
+                raise ValueError('weights file without the vxm_keras architecture record; build the '
+                                 'network (e.g. vxm_keras.networks.vm2(inshape)) and call load_weights')
+            record = json.loads(record)
+            cls = keras.saving.get_registered_object(record['class_name'])
+            if cls is None:
+                raise ValueError(f"unknown model class {record['class_name']!r}")
+            model = cls.from_config(record['config'])
+            model.load_weights(path)
+            return model
+        if not path.endswith(('.h5', '.keras')):
+            raise ValueError('model files must end in .h5, .weights.h5 or .keras')
+        return keras.models.load_model(path, compile=compile)
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f'{path}: cannot be loaded as a vxm_keras model: {err}') from err
+
+
+def count_params(model):
+    """Number of trainable parameters."""
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))

@@ -1,0 +1,209 @@
+"""N-D sampling utilities on TensorFlow tensors: grids, interpolation, warping.
+
+Conventions used throughout vxm_keras:
+
+* tensors are channels-last: images ``(batch, *spatial, channels)``;
+* coordinates and displacements are in voxel units with ``ij`` indexing:
+  component ``d`` of a location or a displacement refers to spatial axis ``d``
+  (axis ``d + 1`` of the batched tensor);
+* a displacement field ``u`` maps voxel ``x`` to the sampling location
+  ``x + u(x)``; it is not an absolute coordinate map.
+
+These functions replace the parts of ``neurite`` that VoxelMorph used; they are
+tested against ``scipy.ndimage.map_coordinates``.
+"""
+
+import itertools
+
+import numpy as np
+import tensorflow as tf
+
+
+def volshape_to_grid(volshape, dtype=tf.float32):
+    """Identity coordinate grid of a volume.
+
+    Args:
+        volshape: spatial shape ``(*spatial,)``, 1 to 3 dimensions.
+        dtype: dtype of the result.
+
+    Returns:
+        Tensor ``(*spatial, ndim)`` whose entry at voxel ``x`` is ``x`` itself
+        (``ij`` indexing: component ``d`` is the index along axis ``d``).
+    """
+    ranges = [tf.range(int(n), dtype=dtype) for n in volshape]
+    return tf.stack(tf.meshgrid(*ranges, indexing='ij'), axis=-1)
+
+
+def interpn(vol, loc, interp_method='linear', fill_value=None):
+    """Sample a batch of volumes at arbitrary (fractional) voxel locations.
+
+    Args:
+        vol: ``(batch, *spatial, channels)`` volume to sample from.
+        loc: ``(batch, *out_spatial, ndim)`` absolute sampling locations in
+            voxel units, ``ij`` indexing; ``ndim == len(spatial)``.
+            ``out_spatial`` may differ from ``spatial``.
+        interp_method: ``'linear'`` (bi/trilinear, differentiable with respect
+            to both ``vol`` and ``loc``) or ``'nearest'`` (rounds half up, as
+            ``scipy.ndimage.map_coordinates(order=0)`` does).
+        fill_value: ``None`` to extend the volume by its nearest edge value
+            (``scipy`` mode ``'nearest'``); a number to return that value at any
+            location outside ``[0, size - 1]`` along some axis (``scipy`` mode
+            ``'constant'``).
+
+    Returns:
+        ``(batch, *out_spatial, channels)`` tensor, float32.
+    """
+    if interp_method not in ('linear', 'nearest'):
+        raise ValueError(f"interp_method must be 'linear' or 'nearest', got {interp_method!r}")
+    vol = tf.cast(vol, tf.float32)
+    loc = tf.cast(loc, tf.float32)
+
+    volshape = vol.shape[1:-1]
+    ndim = len(volshape)
+    if loc.shape[-1] != ndim:
+        raise ValueError(f'loc has {loc.shape[-1]} components, but the volume has {ndim} spatial dims')
+    if any(n is None for n in volshape):
+        raise ValueError(f'interpn needs static spatial dimensions, got {vol.shape}')
+
+    nvox = int(np.prod(volshape))
+    channels = tf.shape(vol)[-1]
+    batch = tf.shape(vol)[0]
+    # gather from a flat (batch * nvox, channels) table: one gather per corner
+    flat = tf.reshape(vol, [-1, channels])
+    strides = [int(np.prod(volshape[d + 1:])) for d in range(ndim)]
+    out_rank = len(loc.shape) - 1  # batch + out_spatial
+    batch_offset = tf.reshape(tf.range(batch) * nvox, [-1] + [1] * (out_rank - 1))
+    max_loc = [float(n - 1) for n in volshape]
+    comps = tf.unstack(loc, axis=-1)
+
+    if interp_method == 'nearest':
+        idx = batch_offset
+        for d in range(ndim):
+            # floor(x + 0.5): scipy's rounding for order 0
+            r = tf.clip_by_value(tf.floor(comps[d] + 0.5), 0.0, max_loc[d])
+            idx = idx + tf.cast(r, tf.int32) * strides[d]
+        out = tf.gather(flat, idx)
+    else:
+        lo, hi, w_lo, w_hi = [], [], [], []
+        for d in range(ndim):
+            c = tf.clip_by_value(comps[d], 0.0, max_loc[d])
+            c0 = tf.floor(c)
+            c1 = tf.minimum(c0 + 1.0, max_loc[d])
+            frac = c - c0  # gradient w.r.t. loc flows through here
+            lo.append(tf.cast(c0, tf.int32) * strides[d])
+            hi.append(tf.cast(c1, tf.int32) * strides[d])
+            w_lo.append(1.0 - frac)
+            w_hi.append(frac)
+        out = None
+        for corner in itertools.product((0, 1), repeat=ndim):
+            idx = batch_offset
+            weight = None
+            for d, bit in enumerate(corner):
+                idx = idx + (hi[d] if bit else lo[d])
+                w = w_hi[d] if bit else w_lo[d]
+                weight = w if weight is None else weight * w
+            term = tf.expand_dims(weight, -1) * tf.gather(flat, idx)
+            out = term if out is None else out + term
+
+    if fill_value is not None:
+        outside = None
+        for d in range(ndim):
+            o = tf.logical_or(comps[d] < 0.0, comps[d] > max_loc[d])
+            outside = o if outside is None else tf.logical_or(outside, o)
+        out = tf.where(tf.expand_dims(outside, -1), tf.cast(fill_value, out.dtype), out)
+    return out
+
+
+def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None):
+    """Warp a batch of volumes by a dense displacement field.
+
+    The result at voxel ``x`` is ``vol`` sampled at ``x + disp(x)``.
+
+    Args:
+        vol: ``(batch, *spatial, channels)``.
+        disp: ``(batch, *spatial, ndim)`` displacement in voxel units. With
+            ``indexing='ij'`` component ``d`` moves along spatial axis ``d``;
+            ``'xy'`` swaps the first two components (the 2018 code's layout).
+        interp_method, fill_value: as in :func:`interpn`.
+
+    Returns:
+        ``(batch, *spatial, channels)`` float32 tensor.
+    """
+    disp = tf.cast(disp, tf.float32)
+    volshape = vol.shape[1:-1]
+    if tuple(disp.shape[1:-1]) != tuple(volshape):
+        raise ValueError(f'displacement spatial shape {tuple(disp.shape[1:-1])} does not match '
+                         f'volume spatial shape {tuple(volshape)}')
+    if disp.shape[-1] != len(volshape):
+        raise ValueError(f'displacement has {disp.shape[-1]} components for a {len(volshape)}-D volume')
+    if indexing == 'xy':
+        comps = tf.unstack(disp, axis=-1)
+        comps[0], comps[1] = comps[1], comps[0]
+        disp = tf.stack(comps, axis=-1)
+    elif indexing != 'ij':
+        raise ValueError(f"indexing must be 'ij' or 'xy', got {indexing!r}")
+    loc = volshape_to_grid(volshape) + disp
+    return interpn(vol, loc, interp_method=interp_method, fill_value=fill_value)
+
+
+def rescale_field(disp, factor):
+    """Resize a displacement field by ``factor`` and scale its values with it.
+
+    Output voxel ``i`` samples the input at ``i / factor`` (linear
+    interpolation, edge values beyond the border), so voxel 0 stays at 0, and
+    the displacement (in voxel units of the new grid) is multiplied by
+    ``factor``. This is how VoxelMorph maps a field computed at half resolution
+    (``factor=2``) back to full resolution.
+
+    Args:
+        disp: ``(batch, *spatial, ndim)``.
+        factor: positive float.
+
+    Returns:
+        ``(batch, *round(spatial * factor), ndim)`` float32 tensor.
+    """
+    if factor == 1:
+        return tf.cast(disp, tf.float32)
+    volshape = disp.shape[1:-1]
+    newshape = [int(round(n * factor)) for n in volshape]
+    loc = volshape_to_grid(newshape) / float(factor)
+    loc = tf.broadcast_to(loc, tf.concat([tf.shape(disp)[:1], tf.shape(loc)], 0))
+    return interpn(disp, loc, 'linear') * float(factor)
+
+
+def box_sum(x, win):
+    """Sum over a centred box window at every voxel, zeros outside the volume.
+
+    Equals a 'SAME'-padded convolution with a ones kernel of size ``win``,
+    computed separably (one 1-D pass per axis) for each channel independently.
+
+    Args:
+        x: ``(batch, *spatial, channels)``.
+        win: odd window size per spatial axis, sequence of ints.
+
+    Returns:
+        tensor of the shape of ``x``.
+    """
+    ndim = len(x.shape) - 2
+    channels = x.shape[-1]
+    # fold channels into the batch so one single-channel kernel serves all
+    perm = [ndim + 1, 0] + list(range(1, ndim + 1))
+    y = tf.transpose(x, perm)
+    front = tf.shape(y)[:2]
+    y = tf.reshape(y, tf.concat([[-1], tf.shape(y)[2:], [1]], 0))
+    for d in range(ndim):
+        ksize = [1] * ndim
+        ksize[d] = int(win[d])
+        kernel = tf.ones(ksize + [1, 1], dtype=y.dtype)
+        # explicit conv2d/conv3d: tf.nn.convolution's eager Conv3D gradient breaks on TF 2.21
+        if ndim == 3:
+            y = tf.nn.conv3d(y, kernel, strides=[1] * 5, padding='SAME', data_format='NDHWC')
+        elif ndim == 2:
+            y = tf.nn.conv2d(y, kernel, strides=1, padding='SAME', data_format='NHWC')
+        else:
+            y = tf.nn.conv1d(y, kernel, stride=1, padding='SAME', data_format='NWC')
+    y = tf.reshape(y, tf.concat([front, tf.shape(y)[1:-1]], 0))
+    inv = [1 + i for i in range(ndim + 1)] + [0]
+    y = tf.transpose(y, inv)
+    y.set_shape(x.shape[:-1].concatenate([channels]))
+    return y
