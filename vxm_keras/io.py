@@ -166,6 +166,10 @@ def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=Non
             data = _image_dtype(array, ext)
             img = (nib.MGHImage if ext == '.mgz' else nib.Nifti1Image)(data, aff)
             nib.save(img, tmp)
+        # mkstemp creates 0600 files; give the result the usual umask-based mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -108,35 +108,46 @@ class VxmDense(keras.Model):
             velocity with that many scaling-and-squaring steps.
         int_downsize: integrate at ``1 / int_downsize`` resolution.
         indexing: ``'ij'``, or ``'xy'`` for fields in the 2018 layout.
+        unet_downsize: 1 (the papers), or 2 / 4 to run the U-Net on the
+            average-pooled pair and upsample its field to full resolution
+            (:class:`RescaleTransform`); warping stays at full resolution.
+            Inputs must then be multiples of ``16 * unet_downsize``.
 
     Inputs ``[moving, fixed]`` ``(batch, *inshape, 1)``; outputs ``[moved,
-    flow]`` (see the module docstring).
+    flow]`` (see the module docstring); ``flow`` lives on the U-Net's grid.
     """
 
     def __init__(self, inshape, enc_nf=VM2_ENC, dec_nf=VM2_DEC, int_steps=0, int_downsize=1,
-                 indexing='ij', name='vxm_dense', **kwargs):
-        inshape = check_inshape(inshape)
+                 indexing='ij', unet_downsize=1, name='vxm_dense', **kwargs):
+        int_steps, int_downsize, unet_downsize = int(int_steps), int(int_downsize), int(unet_downsize)
+        if unet_downsize not in (1, 2, 4):
+            raise ValueError(f'unet_downsize must be 1, 2 or 4, got {unet_downsize}')
+        levels = 4 + unet_downsize.bit_length() - 1
+        inshape = check_inshape(inshape, levels=levels)
         ndim = len(inshape)
-        int_steps, int_downsize = int(int_steps), int(int_downsize)
-        if int_downsize < 1 or any(n % int_downsize for n in inshape):
-            raise ValueError(f'int_downsize={int_downsize} must be >= 1 and divide the input shape {inshape}')
+        low_shape = [n // unet_downsize for n in inshape]
+        if int_downsize < 1 or any(n % int_downsize for n in low_shape):
+            raise ValueError(f'int_downsize={int_downsize} must be >= 1 and divide the U-Net grid {low_shape}')
         moving = keras.Input(shape=(*inshape, 1), name='moving')
         fixed = keras.Input(shape=(*inshape, 1), name='fixed')
         x = keras.layers.Concatenate(name='moving_fixed')([moving, fixed])
+        if unet_downsize > 1:
+            pool = {2: keras.layers.AveragePooling2D, 3: keras.layers.AveragePooling3D}[ndim]
+            x = pool(unet_downsize, name='input_down')(x)
         features = unet_core(x, enc_nf, dec_nf)
         flow = _conv(ndim)(ndim, kernel_size=3, padding='same', name='flow',
                            kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1e-5))(features)
+        loss_field = warp = flow
         if int_steps > 0:
             if int_downsize > 1:
-                vel = RescaleTransform(1.0 / int_downsize, name='flow_down')(flow)
-                warp = VecInt(int_steps=int_steps, indexing=indexing, name='vecint')(vel)
-                warp = RescaleTransform(int_downsize, name='warp')(warp)
-            else:
-                vel = flow
-                warp = VecInt(int_steps=int_steps, indexing=indexing, name='warp')(vel)
-            loss_field = vel
-        else:
-            warp = loss_field = flow
+                loss_field = RescaleTransform(1.0 / int_downsize, name='flow_down')(flow)
+            warp = VecInt(int_steps=int_steps, indexing=indexing, name='vecint')(loss_field)
+        # one factor from the field's grid back to the input grid
+        up = int_downsize * unet_downsize if int_steps > 0 else unet_downsize
+        if up > 1:
+            warp = RescaleTransform(up, name='warp')(warp)
+        elif warp is not flow:
+            warp = keras.layers.Identity(name='warp')(warp)
         moved = SpatialTransformer(interp_method='linear', indexing=indexing, name='transformer')([moving, warp])
         super().__init__(inputs=[moving, fixed], outputs=[moved, loss_field], name=name, **kwargs)
         self.inshape = inshape
@@ -144,12 +155,13 @@ class VxmDense(keras.Model):
         self.dec_nf = [int(n) for n in dec_nf]
         self.int_steps = int_steps
         self.int_downsize = int_downsize
+        self.unet_downsize = unet_downsize
         self.indexing = indexing
 
     def get_config(self):
         return dict(inshape=list(self.inshape), enc_nf=self.enc_nf, dec_nf=self.dec_nf,
                     int_steps=self.int_steps, int_downsize=self.int_downsize,
-                    indexing=self.indexing, name=self.name)
+                    indexing=self.indexing, unet_downsize=self.unet_downsize, name=self.name)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -158,7 +170,8 @@ class VxmDense(keras.Model):
     def warp_model(self):
         """Model ``[moving, fixed] -> [moved, warp]`` with ``warp`` the full-resolution
         displacement ``(batch, *inshape, ndim)``, voxel units, ``ij`` (or the model's) indexing."""
-        warp = self.get_layer('warp' if self.int_steps > 0 else 'flow').output
+        names = [layer.name for layer in self.layers]
+        warp = self.get_layer('warp' if 'warp' in names else 'flow').output
         return keras.Model(self.inputs, [self.outputs[0], warp], name=self.name + '_warp')
 
 

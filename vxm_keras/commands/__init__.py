@@ -1,0 +1,1 @@
+"""Entry points of the flat scripts; each module has ``main(argv=None)``."""

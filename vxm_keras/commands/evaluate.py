@@ -1,0 +1,231 @@
+"""``test.py``: Dice evaluation of a trained model, as in the papers.
+
+    python test.py --model models/vm2_scan2scan.h5 --test-list models/splits/val.txt --atlas none
+    python test.py --model models/vm2_atlas.h5 --test-list models/splits/val.txt
+
+Test scans are prepared ``.npz`` files with ``vol`` and ``seg`` (aseg labels).
+
+* ``--atlas none``: every ordered pair of test scans (moving -> fixed); Dice of
+  the warped moving ``seg`` with the fixed ``seg`` on the papers' 30
+  structures (those present in both).
+* with an atlas (default ``data/atlas.npz``): each scan is registered to the
+  atlas. Reported are (1) Dice in atlas space between the warped ``seg`` of
+  every pair of test scans, on the 30 structures (how well the model brings
+  different brains onto the same anatomy), and (2) Dice of the warped scan's
+  tissue classes (CSF / grey / white matter, from its aseg) with the atlas's
+  tissue ``seg``.
+
+The affine-only baseline (the prepared scans as they are) is scored on the
+same pairs. Writes ``dice.csv`` (one row per pair, method and label),
+``dice_boxplot.png`` and ``summary.txt`` to ``--out-dir``, and prints a
+table like the papers'.
+"""
+
+import argparse
+import itertools
+import os
+import sys
+import time
+
+from ..cli import fail, run, setup_device
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# FreeSurfer aseg label -> tissue class of the default atlas (1 CSF, 2 GM, 3 WM)
+ASEG_TISSUE = {
+    **{k: 1 for k in (4, 5, 14, 15, 24, 43, 44)},
+    **{k: 2 for k in (3, 8, 10, 11, 12, 13, 17, 18, 26, 42, 47, 49, 50, 51, 52, 53, 54, 58)},
+    **{k: 3 for k in (2, 7, 16, 28, 41, 46, 60, 77, 85, 251, 252, 253, 254, 255)},
+}
+TISSUE_NAMES = {1: 'CSF', 2: 'grey matter', 3: 'white matter'}
+# FreeSurferColorLUT names of the 30 structures
+STRUCTURES = {2: 'L cerebral WM', 3: 'L cortex', 4: 'L lat. ventricle', 7: 'L cerebellum WM',
+              8: 'L cerebellum cortex', 10: 'L thalamus', 11: 'L caudate', 12: 'L putamen',
+              13: 'L pallidum', 14: '3rd ventricle', 15: '4th ventricle', 16: 'brainstem',
+              17: 'L hippocampus', 18: 'L amygdala', 24: 'CSF', 28: 'L ventral DC', 31: 'L choroid plexus',
+              41: 'R cerebral WM', 42: 'R cortex', 43: 'R lat. ventricle', 46: 'R cerebellum WM',
+              47: 'R cerebellum cortex', 49: 'R thalamus', 50: 'R caudate', 51: 'R putamen',
+              52: 'R pallidum', 53: 'R hippocampus', 54: 'R amygdala', 60: 'R ventral DC',
+              63: 'R choroid plexus'}
+
+
+def aseg_to_tissue(seg):
+    """Map a FreeSurfer aseg ``(*spatial)`` to tissue classes (0 elsewhere)."""
+    import numpy as np
+    lut = np.zeros(max(ASEG_TISSUE) + 1, np.int32)
+    for k, v in ASEG_TISSUE.items():
+        lut[k] = v
+    seg = np.asarray(seg)
+    out = np.zeros(seg.shape, np.int32)
+    inside = (seg >= 0) & (seg < len(lut))
+    out[inside] = lut[seg[inside]]
+    return out
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog='test.py', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', required=True, help='trained model (.h5)')
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument('--test-list', '--test_list', dest='test_list', help='text file, one .npz per line')
+    data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of .npz test scans')
+    p.add_argument('--atlas', default=os.path.join(REPO, 'data', 'atlas.npz'),
+                   help="atlas .npz (vol, seg), or 'none' for scan-to-scan pairs")
+    p.add_argument('--labels', type=int, nargs='+', default=None,
+                   help='labels to score (default: the 30 structures of the papers)')
+    p.add_argument('--out-dir', dest='out_dir', default=None, help='where to write dice.csv and the plots')
+    p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--gpu', default=None)
+    return p
+
+
+def _summarise(rows, method, labels):
+    import numpy as np
+    per_pair = {}
+    for r in rows:
+        if r['method'] == method and r['label'] in labels and np.isfinite(r['dice']):
+            per_pair.setdefault(r['pair'], []).append(r['dice'])
+    means = [np.mean(v) for v in per_pair.values()]
+    return (float(np.mean(means)), float(np.std(means))) if means else (float('nan'), float('nan'))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_device(args.gpu)
+    if args.out_dir and os.path.exists(os.path.join(args.out_dir, 'dice.csv')) and not args.overwrite:
+        fail(f'{os.path.join(args.out_dir, "dice.csv")}: exists (use --overwrite to replace it)')
+
+    def body():
+        import numpy as np
+
+        from .. import networks
+        from ..generators import list_volumes
+        from ..io import load_volfile
+        from ..metrics import PAPER_LABELS, dice, folding_fraction
+
+        files = list_volumes(args.data_dir, args.test_list)
+        scans = []
+        for f in files:
+            vol = load_volfile(f, check_finite=True)
+            seg = load_volfile(f, key='seg')
+            if seg.shape != vol.shape:
+                fail(f'{f}: seg shape {seg.shape} differs from vol {vol.shape}')
+            scans.append((os.path.splitext(os.path.basename(f))[0], vol.astype(np.float32), seg.astype(np.int32)))
+        atlas_mode = args.atlas.lower() != 'none'
+        if atlas_mode:
+            atlas = load_volfile(args.atlas, check_finite=True).astype(np.float32)
+            atlas_seg = load_volfile(args.atlas, key='seg').astype(np.int32)
+        elif len(scans) < 2:
+            fail('scan-to-scan evaluation needs at least 2 test scans')
+        model = networks.load_model(args.model)
+        inshape = tuple(model.inputs[0].shape[1:-1])
+        for name, vol, _ in scans:
+            if vol.shape != inshape:
+                fail(f'{name}: shape {vol.shape}, the model takes {inshape}')
+        net = model.warp_model() if hasattr(model, 'warp_model') else model
+        nn = networks.nn_transformer(inshape)
+        labels = list(args.labels or PAPER_LABELS)
+
+        def register(moving, fixed, seg):
+            t = time.perf_counter()
+            _, warp = net.predict([moving[None, ..., None], fixed[None, ..., None]], verbose=0)
+            moved_seg = nn.predict([seg[None, ..., None].astype(np.float32), warp], verbose=0)
+            seconds = time.perf_counter() - t
+            return np.rint(moved_seg[0, ..., 0]).astype(np.int32), warp[0], seconds
+
+        rows, folding, seconds = [], [], []
+
+        def score(pair, method, seg_a, seg_b, labs):
+            present = [lab for lab in labs if np.any(seg_a == lab) and np.any(seg_b == lab)] \
+                if method == 'affine' else labs
+            labs_out, d = dice(seg_a, seg_b, labels=present)
+            rows.extend({'pair': pair, 'method': method, 'label': int(lab), 'dice': float(v)}
+                        for lab, v in zip(labs_out, d))
+
+        if atlas_mode:
+            warped = {}
+            for name, vol, seg in scans:
+                moved_seg, warp, sec = register(vol, atlas, seg)
+                seconds.append(sec)
+                folding.append(folding_fraction(warp))
+                warped[name] = (seg, moved_seg)
+                tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
+                score(f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, tissue_labels)
+                score(f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, tissue_labels)
+            for a, b in itertools.combinations(warped, 2):
+                common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
+                score(f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)
+                score(f'{a}~{b} (atlas space)', 'model', warped[a][1], warped[b][1], common)
+        else:
+            for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
+                common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
+                moved_seg, warp, sec = register(va, vb, sa)
+                seconds.append(sec)
+                folding.append(folding_fraction(warp))
+                score(f'{na}->{nb}', 'affine', sa, sb, common)
+                score(f'{na}->{nb}', 'model', moved_seg, sb, common)
+
+        report = _report(rows, labels, folding, seconds, atlas_mode, args.model)
+        print(report)
+        if args.out_dir:
+            _write_outputs(args.out_dir, rows, report, labels)
+        return 0
+
+    return run(body)
+
+
+def _report(rows, labels, folding, seconds, atlas_mode, model_path):
+    import numpy as np
+    lines = [f'model {model_path}; {len(seconds)} registrations; '
+             f'{np.mean(seconds):.2f} s per pair (prediction + label warp)']
+    groups = [('30 structures' + (' (atlas space, pairs of test scans)' if atlas_mode else ''),
+               [r for r in rows if 'tissue' not in r['pair']], labels)]
+    if atlas_mode:
+        groups.append(('tissue classes vs atlas seg', [r for r in rows if 'tissue' in r['pair']], [1, 2, 3]))
+    for title, sub, labs in groups:
+        if not sub:
+            continue
+        lines.append(f'\n{title}')
+        lines.append(f'{"method":<10} {"Dice mean (std over pairs)":>28}')
+        for method in ('affine', 'model'):
+            m, s = _summarise(sub, method, labs)
+            lines.append(f'{method:<10} {m:>19.3f} ({s:.3f})')
+        lines.append(f'{"label":<26} {"affine":>8} {"model":>8}')
+        for lab in labs:
+            vals = {meth: [r['dice'] for r in sub if r['method'] == meth and r['label'] == lab] for meth in ('affine', 'model')}
+            if not vals['model']:
+                continue
+            name = TISSUE_NAMES.get(lab, '') if 'tissue' in title else STRUCTURES.get(lab, '')
+            lines.append(f'{lab:>3} {name:<22} {np.nanmean(vals["affine"]):>8.3f} {np.nanmean(vals["model"]):>8.3f}')
+    lines.append(f'\nvoxels with Jacobian determinant <= 0: {100 * np.mean(folding):.4f} % '
+                 f'(std over registrations {100 * np.std(folding):.4f})')
+    return '\n'.join(lines)
+
+
+def _write_outputs(out_dir, rows, report, labels):
+    import csv
+    import tempfile
+
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.dice.', suffix='.csv', dir=out_dir)
+    with os.fdopen(fd, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=['pair', 'method', 'label', 'structure', 'dice'])
+        writer.writeheader()
+        for r in rows:
+            name = TISSUE_NAMES.get(r['label'], '') if 'tissue' in r['pair'] else STRUCTURES.get(r['label'], '')
+            writer.writerow(dict(r, structure=name))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, os.path.join(out_dir, 'dice.csv'))
+    fd, tmp = tempfile.mkstemp(prefix='.summary.', suffix='.txt', dir=out_dir)
+    with os.fdopen(fd, 'w') as f:
+        f.write(report + '\n')
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, os.path.join(out_dir, 'summary.txt'))
+    from ..plot import dice_boxplot, save_figure_atomic
+    struct_rows = [r for r in rows if 'tissue' not in r['pair']]
+    save_figure_atomic(os.path.join(out_dir, 'dice_boxplot.png'), dice_boxplot, struct_rows,
+                       labels, STRUCTURES)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

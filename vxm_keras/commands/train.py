@@ -1,0 +1,139 @@
+"""``train.py``: train VM-1 / VM-2 on prepared scans, to an atlas or scan-to-scan.
+
+    python train.py --data-dir prepared/ --model vm2 --model-dir runs/vm2 --epochs 100
+
+One full model per epoch (``{epoch:04d}.h5``, written atomically), a CSV log,
+optional TensorBoard; resume with ``--load-model runs/vm2/0010.h5`` (the
+initial epoch is read from the name unless ``--initial-epoch`` is given).
+"""
+
+import argparse
+import os
+import re
+import sys
+
+from ..cli import fail, run, setup_device
+
+REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'data')
+DEFAULT_ATLAS = os.path.join(REPO_DATA, 'atlas.npz')
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog='train.py', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of prepared .npz scans')
+    data.add_argument('--train-list', '--train_list', dest='train_list', help='text file, one scan path per line')
+    p.add_argument('--atlas', '--atlas_file', dest='atlas', default=DEFAULT_ATLAS,
+                   help="fixed image for scan-to-atlas training (default data/atlas.npz); 'none' for scan-to-scan")
+    p.add_argument('--model', default='vm2', choices=['vm1', 'vm2'])
+    p.add_argument('--gpu', default=None, help="GPU id or comma list ('-1' or absent: CPU)")
+    p.add_argument('--image-loss', '--image_loss', dest='image_loss', default='ncc', choices=['ncc', 'mse'])
+    p.add_argument('--lambda', '--reg_param', dest='lam', type=float, default=None,
+                   help='smoothness weight (default 1.0 for ncc, 0.01 for mse)')
+    p.add_argument('--lr', type=float, default=1e-4)
+    p.add_argument('--epochs', type=int, default=1500)
+    p.add_argument('--steps-per-epoch', '--steps_per_epoch', dest='steps_per_epoch', type=int, default=100)
+    p.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=1)
+    p.add_argument('--model-dir', '--model_dir', dest='model_dir', default='models/run')
+    p.add_argument('--load-model', '--load_model_file', dest='load_model', default=None,
+                   help='resume from this .h5')
+    p.add_argument('--initial-epoch', '--initial_epoch', dest='initial_epoch', type=int, default=None)
+    p.add_argument('--seed', type=int, default=None)
+    p.add_argument('--int-steps', '--int_steps', dest='int_steps', type=int, default=0,
+                   help='scaling-and-squaring steps (0: plain displacement; 7: diffeomorphic)')
+    p.add_argument('--int-downsize', dest='int_downsize', type=int, default=1)
+    p.add_argument('--unet-downsize', dest='unet_downsize', type=int, default=1, choices=[1, 2, 4],
+                   help='run the U-Net at 1/N resolution and upsample its field (CPU training)')
+    p.add_argument('--tensorboard', action='store_true', help='also log to <model-dir>/tensorboard')
+    return p
+
+
+def _initial_epoch(args):
+    if args.initial_epoch is not None:
+        return args.initial_epoch
+    if args.load_model:
+        m = re.fullmatch(r'(\d+)\.h5', os.path.basename(args.load_model))
+        if m:
+            return int(m.group(1))
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    n_gpus = setup_device(args.gpu)
+    lam = args.lam if args.lam is not None else (1.0 if args.image_loss == 'ncc' else 0.01)
+    if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
+        fail('--epochs, --steps-per-epoch and --batch-size must be positive')
+    initial_epoch = _initial_epoch(args)
+    if initial_epoch >= args.epochs:
+        fail(f'initial epoch {initial_epoch} is not below --epochs {args.epochs}: nothing to train')
+
+    def body():
+        import keras
+        import numpy as np
+        import tensorflow as tf
+
+        from .. import generators, losses, networks
+        from ..callbacks import AtomicCheckpoint
+        from ..io import load_volfile
+
+        if args.seed is not None:
+            keras.utils.set_random_seed(args.seed)
+        rng = np.random.default_rng(args.seed)
+        files = generators.list_volumes(args.data_dir, args.train_list)
+        atlas = None
+        if args.atlas.lower() != 'none':
+            atlas = load_volfile(args.atlas, check_finite=True)
+            if atlas.ndim not in (2, 3):
+                fail(f'{args.atlas}: expected a 2-D or 3-D atlas, got shape {atlas.shape}')
+        vols = generators.load_volumes(files, shape=None if atlas is None else atlas.shape)
+        inshape = vols.shape[1:]
+        print(f'{len(files)} training scans of shape {inshape}; '
+              f'{"atlas " + args.atlas if atlas is not None else "scan-to-scan pairs"}', flush=True)
+
+        strategy = tf.distribute.MirroredStrategy() if n_gpus > 1 else tf.distribute.get_strategy()
+        with strategy.scope():
+            if args.load_model:
+                model = networks.load_model(args.load_model)
+                if tuple(model.inputs[0].shape[1:-1]) != tuple(inshape):
+                    fail(f'{args.load_model}: model input {tuple(model.inputs[0].shape[1:-1])} '
+                         f'does not match the data {tuple(inshape)}')
+            else:
+                try:
+                    build = networks.vm1 if args.model == 'vm1' else networks.vm2
+                    model = build(inshape, int_steps=args.int_steps, int_downsize=args.int_downsize,
+                                  unet_downsize=args.unet_downsize)
+                except ValueError as err:
+                    fail(str(err))
+            image_loss = losses.NCC() if args.image_loss == 'ncc' else losses.MSE()
+            model.compile(optimizer=keras.optimizers.Adam(args.lr),
+                          loss=[image_loss, losses.Grad('l2')], loss_weights=[1.0, lam])
+
+        flow_shape = tuple(model.outputs[1].shape[1:-1])
+        if atlas is None:
+            gen = generators.scan_to_scan(vols, args.batch_size, flow_shape, rng)
+        else:
+            gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, flow_shape, rng)
+        dataset = generators.as_dataset(gen)
+
+        os.makedirs(args.model_dir, exist_ok=True)
+        callbacks = [
+            keras.callbacks.TerminateOnNaN(),
+            AtomicCheckpoint(os.path.join(args.model_dir, '{epoch:04d}.h5')),
+            keras.callbacks.CSVLogger(os.path.join(args.model_dir, 'training_log.csv'),
+                                      append=initial_epoch > 0),
+        ]
+        if args.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.model_dir, 'tensorboard')))
+        model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=1)
+        if model.stop_training and not all(np.isfinite(w).all() for w in model.get_weights()):
+            fail('training stopped: the loss became NaN; the last good checkpoint is kept')
+        return 0
+
+    return run(body)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Training data: volume lists, pair generators and their tf.data wrapper.
+
+Generators yield ``([moving, fixed], [fixed, zeros])`` as the original release
+did: ``moving`` and ``fixed`` are ``(batch, *spatial, 1)`` float32, ``zeros``
+is ``(batch, *flow_spatial, ndim)``, the dummy target of the smoothness loss.
+"""
+
+import glob
+import os
+
+import numpy as np
+
+from .io import VolumeError, load_volfile
+
+
+def list_volumes(data_dir=None, train_list=None, pattern='*.npz'):
+    """Training files from a folder (``pattern`` inside it) or a text file with one path per line.
+
+    Relative paths in a list are taken relative to the list's folder.
+    """
+    if (data_dir is None) == (train_list is None):
+        raise ValueError('give exactly one of data_dir and train_list')
+    if data_dir is not None:
+        if not os.path.isdir(data_dir):
+            raise FileNotFoundError(f'{data_dir}: data folder not found')
+        files = sorted(glob.glob(os.path.join(data_dir, pattern)))
+        if not files:
+            raise VolumeError(f'{data_dir}: no {pattern} files inside')
+        return files
+    if not os.path.isfile(train_list):
+        raise FileNotFoundError(f'{train_list}: list file not found')
+    base = os.path.dirname(os.path.abspath(train_list))
+    with open(train_list) as f:
+        files = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+    if not files:
+        raise VolumeError(f'{train_list}: the list is empty')
+    return [p if os.path.isabs(p) else os.path.join(base, p) for p in files]
+
+
+def load_volumes(files, key=None, shape=None):
+    """Load 3-D (or 2-D) volumes into one float32 array ``(n, *spatial)``.
+
+    Every file must be finite and of the same shape (``shape`` if given).
+    """
+    vols = []
+    for path in files:
+        vol = load_volfile(path, key=key, check_finite=True)
+        if shape is None:
+            shape = vol.shape
+        if vol.shape != tuple(shape):
+            raise VolumeError(f'{path}: shape {vol.shape} differs from {tuple(shape)} '
+                              f'(the atlas or the first training volume)')
+        vols.append(vol.astype(np.float32))
+    return np.stack(vols)
+
+
+def _batch(vols, idx):
+    return vols[idx][..., None]
+
+
+def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None):
+    """Endless generator pairing random scans (moving) with the atlas (fixed).
+
+    Args:
+        vols: ``(n, *spatial)`` float32 training volumes.
+        atlas: ``(*spatial)`` atlas volume.
+        flow_shape: spatial shape of the model's ``flow`` output (default
+            ``spatial``): the dummy zeros get this shape.
+        rng: ``numpy.random.Generator``.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    spatial = vols.shape[1:]
+    flow_shape = tuple(spatial if flow_shape is None else flow_shape)
+    fixed = np.repeat(atlas[None, ..., None].astype(np.float32), batch_size, axis=0)
+    zeros = np.zeros((batch_size, *flow_shape, len(spatial)), np.float32)
+    while True:
+        moving = _batch(vols, rng.integers(0, len(vols), batch_size))
+        yield [moving, fixed], [fixed, zeros]
+
+
+def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None):
+    """Endless generator of random pairs of distinct scans ``(moving, fixed)``."""
+    if len(vols) < 2:
+        raise ValueError('scan-to-scan training needs at least 2 volumes')
+    rng = np.random.default_rng() if rng is None else rng
+    spatial = vols.shape[1:]
+    flow_shape = tuple(spatial if flow_shape is None else flow_shape)
+    zeros = np.zeros((batch_size, *flow_shape, len(spatial)), np.float32)
+    while True:
+        pairs = np.array([rng.choice(len(vols), 2, replace=False) for _ in range(batch_size)])
+        moving, fixed = _batch(vols, pairs[:, 0]), _batch(vols, pairs[:, 1])
+        yield [moving, fixed], [fixed, zeros]
+
+
+def as_dataset(generator, prefetch=2):
+    """Wrap a pair generator in a prefetching ``tf.data.Dataset`` so the next batch is
+    assembled while the model trains on the current one."""
+    import tensorflow as tf
+    (moving, fixed), (target, zeros) = next(generator)
+
+    def spec(a):
+        return tf.TensorSpec((None,) + a.shape[1:], tf.float32)
+
+    def gen():
+        yield (moving, fixed), (target, zeros)
+        yield from (((m, f), (t, z)) for (m, f), (t, z) in generator)
+
+    signature = ((spec(moving), spec(fixed)), (spec(target), spec(zeros)))
+    return tf.data.Dataset.from_generator(gen, output_signature=signature).prefetch(prefetch)

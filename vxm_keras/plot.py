@@ -1,0 +1,150 @@
+"""Slice figures of volumes, label boundaries and overlays (matplotlib, no display needed)."""
+
+import numpy as np
+
+
+def _backend():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _display(img, axis):
+    """Orient a slice of an LIA volume for display: sagittal (axis 0) superior up and
+    anterior right, axial (axis 1) anterior up, coronal (axis 2) superior up."""
+    if axis == 0:
+        return img
+    if axis == 1:
+        return img.T[::-1]
+    return img.T
+
+
+def mid_slices(vol, index=None):
+    """Three orthogonal slices through ``index`` (default the centre) of a ``(*spatial)`` 3-D
+    array in the LIA layout of prepared data (sagittal, axial, coronal), oriented for display."""
+    vol = np.asarray(vol)
+    index = [n // 2 for n in vol.shape] if index is None else index
+    return [_display(np.take(vol, index[ax], axis=ax), ax) for ax in range(3)]
+
+
+def label_boundaries(seg):
+    """Boolean map of voxels whose 4-neighbourhood (2-D) holds another label."""
+    seg = np.asarray(seg)
+    edge = np.zeros(seg.shape, bool)
+    for ax in range(seg.ndim):
+        diff = np.diff(seg, axis=ax) != 0
+        lo = [slice(None)] * seg.ndim
+        hi = [slice(None)] * seg.ndim
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        edge[tuple(lo)] |= diff
+        edge[tuple(hi)] |= diff
+    return edge & (seg > 0)
+
+
+def _show(ax, img, title=None, boundary=None):
+    ax.imshow(img, cmap='gray', vmin=0, vmax=1,
+              interpolation='nearest', origin='upper')
+    if boundary is not None:
+        overlay = np.zeros(boundary.shape + (4,))
+        overlay[boundary] = (1.0, 0.2, 0.2, 0.9)
+        ax.imshow(overlay, interpolation='nearest', origin='upper')
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.axis('off')
+
+
+def slices_figure(path, volumes, titles, segs=None, index=None):
+    """Write a PNG grid: one column per volume, rows = the three orthogonal mid-slices.
+
+    Args:
+        path: output PNG.
+        volumes: list of ``(*spatial)`` 3-D arrays with intensities in [0, 1].
+        titles: column titles.
+        segs: optional list (same length, entries may be ``None``) of label
+            maps whose boundaries are drawn in red.
+        index: voxel the slices pass through (default the centre).
+    """
+    plt = _backend()
+    segs = segs or [None] * len(volumes)
+    fig, axes = plt.subplots(3, len(volumes), figsize=(2.6 * len(volumes), 7.5), squeeze=False)
+    for col, (vol, title, seg) in enumerate(zip(volumes, titles, segs)):
+        sl = mid_slices(vol, index)
+        bd = [label_boundaries(b) for b in mid_slices(seg, index)] if seg is not None else [None] * 3
+        for row in range(3):
+            _show(axes[row, col], sl[row], title if row == 0 else None, bd[row])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overlay_figure(path, reference, others, titles=None, index=None):
+    """PNG of ``reference`` in grey with each of ``others`` as a red/green overlay
+    (reference green, other red: aligned anatomy looks yellow)."""
+    plt = _backend()
+    fig, axes = plt.subplots(3, len(others), figsize=(2.6 * len(others), 7.5), squeeze=False)
+    ref = mid_slices(reference, index)
+    for col, other in enumerate(others):
+        sl = mid_slices(other, index)
+        for row in range(3):
+            rgb = np.stack([sl[row], ref[row], np.zeros_like(ref[row])], -1)
+            axes[row, col].imshow(np.clip(rgb, 0, 1), interpolation='nearest')
+            axes[row, col].axis('off')
+            if row == 0 and titles:
+                axes[row, col].set_title(titles[col], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_figure_atomic(path, draw, *args, **kwargs):
+    """Call ``draw(tmp_path, *args, **kwargs)`` on a temporary PNG in the same folder, then rename
+    it to ``path``, so an interrupted plot never leaves a partial file."""
+    import os
+    import tempfile
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp.png', dir=folder)
+    os.close(fd)
+    try:
+        draw(tmp, *args, **kwargs)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def dice_boxplot(path, rows, labels, names=None):
+    """Box plot of Dice per structure, affine next to the model (the CVPR paper's figure).
+
+    Left/right structures are pooled under one name, as in the paper.
+    ``rows`` are dicts with ``method`` ('affine' or 'model'), ``label`` and ``dice``.
+    """
+    plt = _backend()
+    names = names or {}
+    groups = {}
+    for lab in labels:
+        name = names.get(lab, str(lab)).replace('L ', '').replace('R ', '')
+        groups.setdefault(name, []).append(lab)
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(groups)), 4.5))
+    pos, ticks, ticklabels = 0, [], []
+    for name, labs in groups.items():
+        data = [[r['dice'] for r in rows if r['method'] == m and r['label'] in labs and np.isfinite(r['dice'])]
+                for m in ('affine', 'model')]
+        if not data[1]:
+            continue
+        box = ax.boxplot(data, positions=[pos, pos + 0.8], widths=0.7, patch_artist=True, showfliers=True)
+        for patch, colour in zip(box['boxes'], ('#bbbbbb', '#4c72b0')):
+            patch.set_facecolor(colour)
+        ticks.append(pos + 0.4)
+        ticklabels.append(name)
+        pos += 2.2
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(ticklabels, rotation=60, ha='right', fontsize=8)
+    ax.set_ylabel('Dice')
+    ax.set_ylim(0, 1)
+    ax.legend([plt.Rectangle((0, 0), 1, 1, fc='#bbbbbb'), plt.Rectangle((0, 0), 1, 1, fc='#4c72b0')],
+              ['affine only', 'model'], loc='lower right', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
