@@ -151,3 +151,21 @@ def test_load_model_errors(tmp_path):
     networks.vm1((32, 32)).save_weights(plain)
     with pytest.raises(ValueError, match='architecture record'):
         vxm_keras.load_model(plain)
+
+
+def test_half_resolution_unet(rng):
+    model = networks.vm2((64, 64, 32), unet_downsize=2)
+    assert tuple(model.outputs[0].shape) == (None, 64, 64, 32, 1)
+    assert tuple(model.outputs[1].shape) == (None, 32, 32, 16, 3)
+    assert networks.count_params(model) == expected_params(3, (16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16))
+    with pytest.raises(ValueError, match='not divisible by 32'):
+        networks.vm2((48, 64, 32), unet_downsize=2)
+    # the full-resolution warp is the half-resolution flow upsampled with its vectors doubled
+    model.get_layer('flow').bias.assign([0.5, -0.25, 1.0])
+    x = rng.random((1, 64, 64, 32, 1)).astype(np.float32)
+    _, flow = model.predict([x, x], verbose=0)
+    _, warp = model.warp_model().predict([x, x], verbose=0)
+    from scipy.ndimage import map_coordinates
+    grid = np.meshgrid(*[np.arange(n) / 2 for n in (64, 64, 32)], indexing='ij')
+    ref = np.stack([map_coordinates(flow[0, ..., d], grid, order=1, mode='nearest') * 2 for d in range(3)], -1)
+    np.testing.assert_allclose(warp[0], ref, atol=1e-5)

@@ -97,6 +97,8 @@ def main(argv=None):
         from .. import networks
         model = networks.load_model(args.model)
         inshape = tuple(model.inputs[0].shape[1:-1])
+        if len(inshape) != moving.ndim:
+            fail(f'{args.moving}: a {moving.ndim}-D scan, but the model registers {len(inshape)}-D volumes {inshape}')
         if inshape != moving.shape:
             fail(f'{args.model}: the model takes {inshape} volumes, the scans are {moving.shape}')
         t_load = time.perf_counter() - t0

@@ -1,0 +1,173 @@
+"""The flat scripts run as a user runs them: subprocesses on small synthetic data."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vxm_keras.io import load_volfile, save_volfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (32, 32, 32)
+AFFINE = np.array([[-1.0, 0, 0, 16], [0, 0, 1, -16], [0, -1, 0, 16], [0, 0, 0, 1]])
+
+
+def script(name, *args, check=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    proc = subprocess.run([sys.executable, os.path.join(REPO, name), *map(str, args)],
+                          capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+    return proc
+
+
+def user_error(proc):
+    """One 'error:' line, exit 2, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def blob(centre, radius=7.0):
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing='ij'), -1)
+    r = np.linalg.norm(grid - np.array(centre), axis=-1)
+    return np.exp(-(r / radius) ** 2).astype(np.float32), (r < radius).astype(np.int32) * 17
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    train = root / 'train'
+    train.mkdir()
+    for i, shift in enumerate([(2, 0, -1), (-2, 1, 1), (1, -2, 0), (0, 2, 2)]):
+        vol, seg = blob(np.array(SHAPE) / 2 + shift)
+        save_volfile(train / f's{i}.npz', vol, affine=AFFINE, extra={'seg': seg})
+    vol, seg = blob(np.array(SHAPE) / 2)
+    save_volfile(root / 'atlas.npz', vol, affine=AFFINE, extra={'seg': seg})
+    run = root / 'run'
+    script('train.py', '--data-dir', train, '--atlas', root / 'atlas.npz', '--model', 'vm1',
+           '--epochs', 2, '--steps-per-epoch', 3, '--lr', 1e-3, '--model-dir', run, '--seed', 0)
+    return root
+
+
+def test_train_writes_checkpoints_and_log(dataset):
+    run = dataset / 'run'
+    assert sorted(p for p in os.listdir(run) if p.endswith('.h5')) == ['0001.h5', '0002.h5']
+    rows = list(csv.DictReader(open(run / 'training_log.csv')))
+    assert [r['epoch'] for r in rows] == ['0', '1'] and all(np.isfinite(float(r['loss'])) for r in rows)
+    assert not [p for p in os.listdir(run) if p.startswith('.')], 'temporary files left behind'
+
+
+def test_train_resumes_from_checkpoint_epoch(dataset, tmp_path):
+    import shutil
+    run = tmp_path / 'run'
+    shutil.copytree(dataset / 'run', run)
+    script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz',
+           '--epochs', 3, '--steps-per-epoch', 2, '--model-dir', run, '--load-model', run / '0002.h5')
+    assert sorted(p for p in os.listdir(run) if p.endswith('.h5')) == ['0001.h5', '0002.h5', '0003.h5']
+    rows = list(csv.DictReader(open(run / 'training_log.csv')))
+    assert [r['epoch'] for r in rows] == ['0', '1', '2']
+
+
+def test_train_scan_to_scan_and_bad_input(dataset, tmp_path):
+    run = tmp_path / 'run'
+    script('train.py', '--data_dir', dataset / 'train', '--atlas', 'none', '--image-loss', 'mse',
+           '--epochs', 1, '--steps_per_epoch', 2, '--model_dir', run)
+    assert os.path.exists(run / '0001.h5')
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    save_volfile(bad / 'a.npz', np.zeros((30, 32, 32), np.float32))
+    save_volfile(bad / 'b.npz', np.zeros((30, 32, 32), np.float32))
+    err = user_error(script('train.py', '--data-dir', bad, '--atlas', 'none', '--model-dir', tmp_path / 'r2',
+                            check=False))
+    assert 'not divisible by 16' in err
+    err = user_error(script('train.py', '--data-dir', bad, '--model-dir', tmp_path / 'r3', check=False))
+    assert 'a.npz' in err and 'differs' in err  # the default atlas is 160x192x224
+
+
+def test_register_writes_outputs_keeping_affine(dataset, tmp_path):
+    model = dataset / 'run' / '0002.h5'
+    vol, seg = blob(np.array(SHAPE) / 2 + (2, 1, 0))
+    save_volfile(tmp_path / 'm.nii.gz', vol, affine=AFFINE)
+    save_volfile(tmp_path / 'm_seg.nii.gz', seg, affine=AFFINE)
+    out = tmp_path / 'out'
+    out.mkdir()
+    proc = script('register.py', '--moving', tmp_path / 'm.nii.gz', '--fixed', dataset / 'atlas.npz',
+                  '--model', model, '--moved', out / 'moved.nii.gz', '--warp', out / 'warp.npz',
+                  '--moving-seg', tmp_path / 'm_seg.nii.gz', '--moved-seg', out / 'moved_seg.nii.gz',
+                  '--png', out / 'fig.png')
+    assert 'predict' in proc.stdout
+    moved, aff = load_volfile(out / 'moved.nii.gz', ret_affine=True)
+    np.testing.assert_allclose(aff, AFFINE)
+    assert moved.shape == SHAPE
+    warp = load_volfile(out / 'warp.npz')
+    assert warp.shape == SHAPE + (3,)
+    # the moved image is the moving image resampled by the written warp
+    from scipy.ndimage import map_coordinates
+    grid = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing='ij')
+    ref = map_coordinates(vol, [g + warp[..., d] for d, g in enumerate(grid)], order=1, mode='nearest')
+    np.testing.assert_allclose(moved, ref, atol=1e-4)
+    moved_seg = load_volfile(out / 'moved_seg.nii.gz')
+    ref_seg = map_coordinates(seg, [g + warp[..., d] for d, g in enumerate(grid)], order=0, mode='nearest')
+    assert set(np.unique(moved_seg)) <= {0, 17} and np.mean(moved_seg == ref_seg) > 0.999
+    assert os.path.getsize(out / 'fig.png') > 1000
+    assert sorted(os.listdir(out)) == ['fig.png', 'moved.nii.gz', 'moved_seg.nii.gz', 'warp.npz']
+
+    # an existing output is not replaced without --overwrite, and nothing is touched
+    before = (out / 'moved.nii.gz').read_bytes()
+    err = user_error(script('register.py', '--moving', tmp_path / 'm.nii.gz', '--fixed', dataset / 'atlas.npz',
+                            '--model', model, '--moved', out / 'moved.nii.gz', check=False))
+    assert 'moved.nii.gz' in err and '--overwrite' in err
+    assert (out / 'moved.nii.gz').read_bytes() == before
+    script('register.py', '--moving', tmp_path / 'm.nii.gz', '--fixed', dataset / 'atlas.npz',
+           '--model', model, '--moved', out / 'moved.nii.gz', '--overwrite')
+
+
+def test_register_bad_inputs(dataset, tmp_path):
+    model = dataset / 'run' / '0002.h5'
+    atlas = dataset / 'atlas.npz'
+    save_volfile(tmp_path / 'small.npz', np.zeros((32, 32, 16), np.float32))
+    save_volfile(tmp_path / 'flat.npz', np.zeros((32, 32), np.float32))
+    nan = np.zeros(SHAPE, np.float32)
+    nan[3, 3, 3] = np.nan
+    save_volfile(tmp_path / 'nan.npz', nan)
+    np.savez(tmp_path / 'oddkey.npz', image=np.zeros(SHAPE, np.float32), other=np.zeros(3))
+    (tmp_path / 'trunc.nii.gz').write_bytes((dataset / 'train' / 's0.npz').read_bytes()[:100])
+    cases = [
+        (['--moving', tmp_path / 'missing.npz'], 'missing.npz: file not found'),
+        (['--moving', tmp_path / 'small.npz'], 'differs from the fixed scan'),
+        (['--moving', tmp_path / 'flat.npz', '--fixed', tmp_path / 'flat.npz'], 'flat.npz: a 2-D scan, but the model registers 3-D'),
+        (['--moving', tmp_path / 'nan.npz'], 'NaN'),
+        (['--moving', tmp_path / 'oddkey.npz'], 'keys found: image, other'),
+        (['--moving', tmp_path / 'trunc.nii.gz'], 'trunc.nii.gz: cannot read'),
+        (['--moving', atlas, '--model', tmp_path / 'nomodel.h5'], 'nomodel.h5: model file not found'),
+        (['--moving', atlas, '--moved', tmp_path / 'nodir' / 'x.npz'], 'does not exist'),
+    ]
+    for extra, message in cases:
+        args = ['--fixed', atlas, '--model', model, '--moved', tmp_path / 'o.npz'] + extra
+        err = user_error(script('register.py', *args, check=False))
+        assert message in err, (extra, err)
+    assert not os.path.exists(tmp_path / 'o.npz')
+
+
+def test_evaluate_scan_to_scan_and_atlas(dataset, tmp_path):
+    model = dataset / 'run' / '0002.h5'
+    proc = script('test.py', '--model', model, '--data-dir', dataset / 'train', '--atlas', 'none',
+                  '--labels', 17, '--out-dir', tmp_path / 'eval')
+    assert '12 registrations' in proc.stdout and 'Jacobian' in proc.stdout
+    rows = list(csv.DictReader(open(tmp_path / 'eval' / 'dice.csv')))
+    assert len(rows) == 24 and {r['method'] for r in rows} == {'affine', 'model'}
+    # the affine rows are the plain Dice of the two label maps
+    from vxm_keras.metrics import dice
+    a = load_volfile(dataset / 'train' / 's0.npz', key='seg')
+    b = load_volfile(dataset / 'train' / 's1.npz', key='seg')
+    row = [r for r in rows if r['pair'] == 's0->s1' and r['method'] == 'affine'][0]
+    assert float(row['dice']) == pytest.approx(dice(a, b, [17])[1][0])
+    assert os.path.getsize(tmp_path / 'eval' / 'dice_boxplot.png') > 1000
+    proc = script('test.py', '--model', model, '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz',
+                  '--labels', 17)
+    assert 'atlas space' in proc.stdout
