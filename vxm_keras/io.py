@@ -9,6 +9,7 @@ Every error names the file. :class:`VolumeError` (a ``ValueError``) covers
 unreadable files, unknown extensions, missing keys and wrong shapes.
 """
 
+import contextlib
 import os
 import tempfile
 import zipfile
@@ -22,6 +23,33 @@ DEFAULT_NPZ_KEYS = ('vol', 'vol_data')
 
 class VolumeError(ValueError):
     """A volume file that cannot be used: the message names the file and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_path(path, overwrite=True):
+    """Yield a temporary path beside ``path`` (same folder, ending in ``path``'s name, so
+    libraries that pick a format from the suffix still do); on success it is renamed to
+    ``path``, on any error removed. Readers never see a partial file.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f'{path}: exists (use overwrite to replace it)')
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'{path}: folder {folder} does not exist')
+    fd, tmp = tempfile.mkstemp(prefix=f'.tmp{os.getpid()}-', suffix='-' + os.path.basename(path), dir=folder)
+    os.close(fd)
+    os.unlink(tmp)  # writers (Keras, h5py, nibabel) create the file themselves
+    try:
+        yield tmp
+        # give the result the usual umask-based mode, not mkstemp's 0600
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def volume_extension(path):
@@ -143,35 +171,19 @@ def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=Non
     """
     path = os.fspath(path)
     ext = volume_extension(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f'{path}: exists (use overwrite to replace it)')
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f'{path}: folder {folder} does not exist')
     array = np.asarray(array)
-    # the temporary name keeps the extension: nibabel picks the format from it
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp' + ext, dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            if ext == '.npz':
-                arrays = {key: array, **(extra or {})}
-                if affine is not None:
-                    arrays['affine'] = np.asarray(affine, dtype=np.float64)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        if ext == '.npz':
+            arrays = {key: array, **(extra or {})}
+            if affine is not None:
+                arrays['affine'] = np.asarray(affine, dtype=np.float64)
+            with open(tmp, 'wb') as f:  # a file object: numpy would append .npz to a bare name
                 np.savez_compressed(f, **arrays)
-            elif ext == '.npy':
+        elif ext == '.npy':
+            with open(tmp, 'wb') as f:
                 np.save(f, array)
-        if ext in ('.nii', '.nii.gz', '.mgz'):
+        else:
             import nibabel as nib
             aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-            data = _image_dtype(array, ext)
-            img = (nib.MGHImage if ext == '.mgz' else nib.Nifti1Image)(data, aff)
+            img = (nib.MGHImage if ext == '.mgz' else nib.Nifti1Image)(_image_dtype(array, ext), aff)
             nib.save(img, tmp)
-        # mkstemp creates 0600 files; give the result the usual umask-based mode
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

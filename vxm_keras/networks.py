@@ -11,12 +11,12 @@ the displacement itself comes from :meth:`VxmDense.warp_model`.
 
 import json
 import os
-import tempfile
 
 import h5py
 import keras
 import numpy as np
 
+from .io import atomic_path
 from .layers import RescaleTransform, SpatialTransformer, VecInt
 
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
@@ -209,15 +209,6 @@ def nn_transformer(inshape, indexing='ij'):
     return keras.Model([labels, warp], out, name='nn_transformer')
 
 
-def _temporary_path(path):
-    """A hidden name in the same folder that keeps the suffix Keras needs."""
-    folder, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{os.getpid()}-', suffix='-' + base, dir=folder)
-    os.close(fd)
-    os.unlink(tmp)  # Keras and h5py want to create the file themselves
-    return tmp
-
-
 def save_model(model, path, overwrite=False):
     """Save ``model`` atomically (temporary file in the same folder, then rename).
 
@@ -227,12 +218,9 @@ def save_model(model, path, overwrite=False):
     with ``overwrite=True``.
     """
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f'{path}: exists; pass overwrite=True to replace it')
     if not path.endswith(('.h5', '.keras')):
         raise ValueError(f'{path}: model files must end in .h5, .weights.h5 or .keras')
-    tmp = _temporary_path(path)
-    try:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         if path.endswith('.weights.h5'):
             model.save_weights(tmp)
             record = {'class_name': keras.saving.get_registered_name(type(model)),
@@ -241,10 +229,6 @@ def save_model(model, path, overwrite=False):
                 f.attrs[_CONFIG_ATTR] = json.dumps(record)
         else:
             model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_model(path, compile=False):

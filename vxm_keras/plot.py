@@ -97,21 +97,12 @@ def overlay_figure(path, reference, others, titles=None, index=None):
     plt.close(fig)
 
 
-def save_figure_atomic(path, draw, *args, **kwargs):
-    """Call ``draw(tmp_path, *args, **kwargs)`` on a temporary PNG in the same folder, then rename
-    it to ``path``, so an interrupted plot never leaves a partial file."""
-    import os
-    import tempfile
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp.png', dir=folder)
-    os.close(fd)
-    try:
+def save_figure_atomic(path, draw, *args, overwrite=True, **kwargs):
+    """Call ``draw(tmp_path, *args, **kwargs)`` on a temporary file beside ``path``, then
+    rename it to ``path``: an interrupted plot never leaves a partial PNG."""
+    from .io import atomic_path
+    with atomic_path(path, overwrite=overwrite) as tmp:
         draw(tmp, *args, **kwargs)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def dice_boxplot(path, rows, labels, names=None):

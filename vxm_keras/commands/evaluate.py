@@ -204,24 +204,19 @@ def _report(rows, labels, folding, seconds, atlas_mode, model_path):
 
 def _write_outputs(out_dir, rows, report, labels):
     import csv
-    import tempfile
+
+    from ..io import atomic_path
+    from ..plot import dice_boxplot, save_figure_atomic
 
     os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.dice.', suffix='.csv', dir=out_dir)
-    with os.fdopen(fd, 'w', newline='') as f:
+    with atomic_path(os.path.join(out_dir, 'dice.csv')) as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=['pair', 'method', 'label', 'structure', 'dice'])
         writer.writeheader()
         for r in rows:
             name = TISSUE_NAMES.get(r['label'], '') if 'tissue' in r['pair'] else STRUCTURES.get(r['label'], '')
             writer.writerow(dict(r, structure=name))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, os.path.join(out_dir, 'dice.csv'))
-    fd, tmp = tempfile.mkstemp(prefix='.summary.', suffix='.txt', dir=out_dir)
-    with os.fdopen(fd, 'w') as f:
+    with atomic_path(os.path.join(out_dir, 'summary.txt')) as tmp, open(tmp, 'w') as f:
         f.write(report + '\n')
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, os.path.join(out_dir, 'summary.txt'))
-    from ..plot import dice_boxplot, save_figure_atomic
     struct_rows = [r for r in rows if 'tissue' not in r['pair']]
     save_figure_atomic(os.path.join(out_dir, 'dice_boxplot.png'), dice_boxplot, struct_rows,
                        labels, STRUCTURES)

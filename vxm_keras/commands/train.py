@@ -127,7 +127,7 @@ def main(argv=None):
         if args.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.model_dir, 'tensorboard')))
         model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=1)
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
         if model.stop_training and not all(np.isfinite(w).all() for w in model.get_weights()):
             fail('training stopped: the loss became NaN; the last good checkpoint is kept')
         return 0
