@@ -1,16 +1,51 @@
-"""Keras callbacks for long training runs."""
+"""Keras callbacks and checkpoint helpers for long training runs."""
 
 import math
 import os
 
+import h5py
 import keras
 import numpy as np
 
-from .networks import save_model
+from .io import atomic_path
+
+# HDF5 group where checkpoints keep the optimizer's variables (Adam moments, step count)
+_OPTIMIZER_GROUP = 'vxm_optimizer_state'
+
+
+def save_optimizer_state(model, h5file):
+    """Store ``model.optimizer``'s variables in an open, writable ``h5py.File``."""
+    if model.optimizer is None:
+        return
+    if _OPTIMIZER_GROUP in h5file:
+        del h5file[_OPTIMIZER_GROUP]
+    group = h5file.create_group(_OPTIMIZER_GROUP)
+    for i, var in enumerate(model.optimizer.variables):
+        group.create_dataset(f'{i:05d}', data=np.asarray(var.numpy()))
+        group[f'{i:05d}'].attrs['path'] = var.path
+
+
+def load_optimizer_state(model, path):
+    """Restore the optimizer variables written by :class:`AtomicCheckpoint` into the compiled
+    ``model``. Returns ``True`` if they were restored, ``False`` if the file has none or they
+    do not fit this optimizer (then training continues with a fresh optimizer)."""
+    with h5py.File(path, 'r') as f:
+        if _OPTIMIZER_GROUP not in f:
+            return False
+        group = f[_OPTIMIZER_GROUP]
+        values = [group[k][()] for k in sorted(group)]
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    variables = optimizer.variables
+    if len(values) != len(variables) or any(v.shape != tuple(var.shape) for v, var in zip(values, variables)):
+        return False
+    for var, value in zip(variables, values):
+        var.assign(value)
+    return True
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """Save the full model at the end of every epoch, atomically.
+    """Save the full model (and the optimizer state) at the end of every epoch, atomically.
 
     ``filepath`` may contain ``{epoch:04d}`` (1-based, like
     ``ModelCheckpoint``). The file is written under a temporary name and
@@ -31,4 +66,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         if not all(np.all(np.isfinite(w)) for w in self.model.get_weights()):
             print(f'\nepoch {epoch + 1}: weights are not finite, checkpoint not written')
             return
-        save_model(self.model, self.filepath.format(epoch=epoch + 1), overwrite=True)
+        with atomic_path(self.filepath.format(epoch=epoch + 1)) as tmp:
+            self.model.save(tmp)
+            with h5py.File(tmp, 'a') as f:
+                save_optimizer_state(self.model, f)

@@ -75,7 +75,7 @@ def main(argv=None):
         import tensorflow as tf
 
         from .. import generators, losses, networks
-        from ..callbacks import AtomicCheckpoint
+        from ..callbacks import AtomicCheckpoint, load_optimizer_state
         from ..io import load_volfile
 
         if args.seed is not None:
@@ -109,6 +109,13 @@ def main(argv=None):
             image_loss = losses.NCC() if args.image_loss == 'ncc' else losses.MSE()
             model.compile(optimizer=keras.optimizers.Adam(args.lr),
                           loss=[image_loss, losses.Grad('l2')], loss_weights=[1.0, lam])
+            if args.load_model:
+                restored = load_optimizer_state(model, args.load_model)
+                if restored:
+                    # the checkpoint's learning rate is part of the state; --lr wins
+                    model.optimizer.learning_rate.assign(args.lr)
+                print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
+                      f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
 
         flow_shape = tuple(model.outputs[1].shape[1:-1])
         if atlas is None:
