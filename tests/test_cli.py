@@ -171,3 +171,40 @@ def test_evaluate_scan_to_scan_and_atlas(dataset, tmp_path):
     proc = script('test.py', '--model', model, '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz',
                   '--labels', 17)
     assert 'atlas space' in proc.stdout
+
+
+def test_register_batch_skips_bad_inputs_and_resumes(dataset, tmp_path):
+    model = dataset / 'run' / '0002.h5'
+    scans = tmp_path / 'scans'
+    scans.mkdir()
+    for i in range(3):
+        vol, _ = blob(np.array(SHAPE) / 2 + (i, -i, 0))
+        save_volfile(scans / f'good{i}.nii.gz', vol, affine=AFFINE)
+    save_volfile(scans / 'wrongshape.npz', np.zeros((32, 32, 16), np.float32))
+    (scans / 'broken.nii.gz').write_bytes(b'\x1f\x8b garbage')
+    out = tmp_path / 'out'
+    proc = script('register.py', '--moving', scans, '--fixed', dataset / 'atlas.npz', '--model', model,
+                  '--out-dir', out, '--save-warp', check=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert 'wrongshape.npz: shape (32, 32, 16) differs' in proc.stderr
+    assert 'broken.nii.gz: cannot read' in proc.stderr
+    assert '3 registered, 0 already done, 2 failed of 5 scans' in proc.stdout
+    expected = sorted([f'good{i}_moved.nii.gz' for i in range(3)] + [f'good{i}_warp.nii.gz' for i in range(3)])
+    assert sorted(os.listdir(out)) == expected
+    # each output equals a single registration of the same scan
+    single = tmp_path / 'single.nii.gz'
+    script('register.py', '--moving', scans / 'good1.nii.gz', '--fixed', dataset / 'atlas.npz',
+           '--model', model, '--moved', single)
+    np.testing.assert_allclose(load_volfile(out / 'good1_moved.nii.gz'), load_volfile(single), atol=1e-6)
+    np.testing.assert_allclose(load_volfile(out / 'good1_moved.nii.gz', ret_affine=True)[1], AFFINE)
+
+    # a second run refuses to overwrite, --resume skips the finished scans
+    os.unlink(out / 'good2_moved.nii.gz')
+    (scans / 'list.txt').write_text('good0.nii.gz\ngood1.nii.gz\ngood2.nii.gz\n')
+    err = user_error(script('register.py', '--moving-list', scans / 'list.txt', '--fixed', dataset / 'atlas.npz',
+                            '--model', model, '--out-dir', out, '--save-warp', check=False))
+    assert 'good0_moved.nii.gz: exists' in err
+    proc = script('register.py', '--moving-list', scans / 'list.txt', '--fixed', dataset / 'atlas.npz',
+                  '--model', model, '--out-dir', out, '--save-warp', '--resume')
+    assert '1 registered, 2 already done, 0 failed of 3 scans' in proc.stdout
+    assert os.path.exists(out / 'good2_moved.nii.gz')
