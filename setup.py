@@ -23,7 +23,7 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'test': ['pytest'],
+        'test': ['pytest', 'hypothesis'],
     },
     license='Apache-2.0',
     classifiers=[
