@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 
 from ..cli import fail, run, setup_device
 
@@ -59,6 +60,26 @@ def _initial_epoch(args):
     return 0
 
 
+def _strategy(tf, n_gpus):
+    """The tf.distribute strategy and whether this process writes the outputs.
+
+    ``TF_CONFIG`` in the environment: ``MultiWorkerMirroredStrategy`` (the chief,
+    or worker 0 without a chief, writes); several GPUs: ``MirroredStrategy``;
+    otherwise the default strategy.
+    """
+    if os.environ.get('TF_CONFIG'):
+        import json
+        config = json.loads(os.environ['TF_CONFIG'])
+        task = config.get('task', {})
+        has_chief = 'chief' in config.get('cluster', {})
+        is_chief = task.get('type') == 'chief' or (not has_chief and task.get('type') == 'worker'
+                                                   and int(task.get('index', 0)) == 0)
+        return tf.distribute.MultiWorkerMirroredStrategy(), is_chief
+    if n_gpus > 1:
+        return tf.distribute.MirroredStrategy(), True
+    return tf.distribute.get_strategy(), True
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     n_gpus = setup_device(args.gpu)
@@ -80,7 +101,6 @@ def main(argv=None):
 
         if args.seed is not None:
             keras.utils.set_random_seed(args.seed)
-        rng = np.random.default_rng(args.seed)
         files = generators.list_volumes(args.data_dir, args.train_list)
         atlas = None
         if args.atlas.lower() != 'none':
@@ -92,7 +112,13 @@ def main(argv=None):
         print(f'{len(files)} training scans of shape {inshape}; '
               f'{"atlas " + args.atlas if atlas is not None else "scan-to-scan pairs"}', flush=True)
 
-        strategy = tf.distribute.MirroredStrategy() if n_gpus > 1 else tf.distribute.get_strategy()
+        strategy, is_chief = _strategy(tf, n_gpus)
+        if args.batch_size % strategy.num_replicas_in_sync:
+            fail(f'--batch-size {args.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
+                 'replicas training together (it is the global batch)')
+        if strategy.num_replicas_in_sync > 1:
+            print(f'training on {strategy.num_replicas_in_sync} replicas with {type(strategy).__name__}',
+                  flush=True)
         with strategy.scope():
             if args.load_model:
                 model = networks.load_model(args.load_model)
@@ -117,24 +143,40 @@ def main(argv=None):
                 print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
                       f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
 
+        # each worker of a multi-worker run draws its own pairs
+        worker = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', None) or 0
+        rng = np.random.default_rng(None if args.seed is None else [args.seed, worker])
         flow_shape = tuple(model.outputs[1].shape[1:-1])
         if atlas is None:
             gen = generators.scan_to_scan(vols, args.batch_size, flow_shape, rng)
         else:
             gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, flow_shape, rng)
         dataset = generators.as_dataset(gen)
+        if strategy.num_replicas_in_sync > 1:
+            # every worker draws its own random pairs; nothing to shard
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+            dataset = dataset.with_options(options)
 
-        os.makedirs(args.model_dir, exist_ok=True)
+        # only the chief writes checkpoints and logs; other workers keep theirs in a scratch folder
+        out_dir = args.model_dir if is_chief else tempfile.mkdtemp(prefix='vxm_worker_')
+        os.makedirs(out_dir, exist_ok=True)
         callbacks = [
             keras.callbacks.TerminateOnNaN(),
-            AtomicCheckpoint(os.path.join(args.model_dir, '{epoch:04d}.h5')),
-            keras.callbacks.CSVLogger(os.path.join(args.model_dir, 'training_log.csv'),
+            AtomicCheckpoint(os.path.join(out_dir, '{epoch:04d}.h5')),
+            keras.callbacks.CSVLogger(os.path.join(out_dir, 'training_log.csv'),
                                       append=initial_epoch > 0),
         ]
-        if args.tensorboard:
+        if args.tensorboard and is_chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.model_dir, 'tensorboard')))
-        model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            from ..training import fit_distributed
+            loss_fns = [type(image_loss)(reduction=None), losses.Grad('l2', reduction=None)]
+            fit_distributed(model, dataset, strategy, loss_fns, [1.0, lam], args.batch_size, args.epochs,
+                            args.steps_per_epoch, initial_epoch, callbacks, verbose=1 if is_chief else 0)
+        else:
+            model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
         if model.stop_training and not all(np.isfinite(w).all() for w in model.get_weights()):
             fail('training stopped: the loss became NaN; the last good checkpoint is kept')
         return 0
