@@ -208,3 +208,35 @@ def test_register_batch_skips_bad_inputs_and_resumes(dataset, tmp_path):
                   '--model', model, '--out-dir', out, '--save-warp', '--resume')
     assert '1 registered, 2 already done, 0 failed of 3 scans' in proc.stdout
     assert os.path.exists(out / 'good2_moved.nii.gz')
+
+
+def test_sigkill_mid_training_leaves_loadable_checkpoints(dataset, tmp_path):
+    import signal
+    import time
+    run = tmp_path / 'run'
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'), '--data-dir', str(dataset / 'train'),
+                             '--atlas', str(dataset / 'atlas.npz'), '--model', 'vm1', '--epochs', '1000',
+                             '--steps-per-epoch', '2', '--model-dir', str(run)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(run / '0003.h5'):
+        time.sleep(0.2)
+    assert os.path.exists(run / '0003.h5'), 'training did not reach epoch 3'
+    time.sleep(0.7)  # somewhere inside a later epoch or a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import vxm_keras
+    finished = sorted(p for p in os.listdir(run) if p.endswith('.h5') and not p.startswith('.'))
+    assert len(finished) >= 3
+    for name in finished:
+        vxm_keras.load_model(run / name)  # every visible checkpoint is complete
+    rows = list(csv.DictReader(open(run / 'training_log.csv')))
+    assert len(rows) >= 3 and all(np.isfinite(float(r['loss'])) for r in rows)
+    assert [int(r['epoch']) for r in rows] == list(range(len(rows)))
+    # resuming from the last one continues its numbering and clears stale temporary files
+    last = finished[-1]
+    script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz',
+           '--epochs', int(last[:4]) + 1, '--steps-per-epoch', 1, '--model-dir', run, '--load-model', run / last)
+    assert os.path.exists(run / f'{int(last[:4]) + 1:04d}.h5')
+    assert not [p for p in os.listdir(run) if p.startswith('.')]

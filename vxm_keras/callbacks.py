@@ -1,5 +1,6 @@
 """Keras callbacks and checkpoint helpers for long training runs."""
 
+import glob
 import math
 import os
 
@@ -57,6 +58,15 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     def __init__(self, filepath):
         super().__init__()
         self.filepath = os.fspath(filepath)
+
+    def on_train_begin(self, logs=None):
+        # a run killed while saving (SIGKILL, power loss) leaves its hidden temporary file behind
+        folder = os.path.dirname(os.path.abspath(self.filepath))
+        for stale in glob.glob(os.path.join(folder, '.tmp*-*.h5')):
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get('loss')
