@@ -240,3 +240,19 @@ def test_sigkill_mid_training_leaves_loadable_checkpoints(dataset, tmp_path):
            '--epochs', int(last[:4]) + 1, '--steps-per-epoch', 1, '--model-dir', run, '--load-model', run / last)
     assert os.path.exists(run / f'{int(last[:4]) + 1:04d}.h5')
     assert not [p for p in os.listdir(run) if p.startswith('.')]
+
+
+def test_seeded_run_resumed_equals_straight_run(dataset, tmp_path):
+    common = ['--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--model', 'vm1',
+              '--steps-per-epoch', 3, '--lr', 1e-3, '--seed', 5]
+    script('train.py', *common, '--epochs', 2, '--model-dir', tmp_path / 'straight')
+    script('train.py', *common, '--epochs', 1, '--model-dir', tmp_path / 'split')
+    script('train.py', *common, '--epochs', 2, '--model-dir', tmp_path / 'split',
+           '--load-model', tmp_path / 'split' / '0001.h5')
+    import vxm_keras
+    a = vxm_keras.load_model(tmp_path / 'straight' / '0002.h5').get_weights()
+    b = vxm_keras.load_model(tmp_path / 'split' / '0002.h5').get_weights()
+    first = vxm_keras.load_model(tmp_path / 'split' / '0001.h5').get_weights()
+    assert max(np.abs(x - y).max() for x, y in zip(a, first)) > 1e-4  # epoch 2 did change the weights
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-6)

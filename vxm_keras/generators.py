@@ -58,7 +58,20 @@ def _batch(vols, idx):
     return vols[idx][..., None]
 
 
-def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None):
+def _batch_rngs(rng, seed, start):
+    """Random generators for successive batches: ``rng`` itself, or with ``seed`` one generator
+    per batch index from ``start`` on, so a run resumed at step ``start`` draws exactly the
+    batches an uninterrupted run would have drawn there."""
+    step = start
+    while True:
+        if seed is None:
+            yield rng
+        else:
+            yield np.random.default_rng([*np.atleast_1d(seed).tolist(), step])
+        step += 1
+
+
+def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None, seed=None, start=0):
     """Endless generator pairing random scans (moving) with the atlas (fixed).
 
     Args:
@@ -66,27 +79,30 @@ def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None):
         atlas: ``(*spatial)`` atlas volume.
         flow_shape: spatial shape of the model's ``flow`` output (default
             ``spatial``): the dummy zeros get this shape.
-        rng: ``numpy.random.Generator``.
+        rng: ``numpy.random.Generator`` (ignored when ``seed`` is given).
+        seed, start: draw batch ``k`` (counting from ``start``) from
+            ``default_rng([*seed, k])``: reproducible, and resumable mid-run.
     """
-    rng = np.random.default_rng() if rng is None else rng
+    rngs = _batch_rngs(np.random.default_rng() if rng is None else rng, seed, start)
     spatial = vols.shape[1:]
     flow_shape = tuple(spatial if flow_shape is None else flow_shape)
     fixed = np.repeat(atlas[None, ..., None].astype(np.float32), batch_size, axis=0)
     zeros = np.zeros((batch_size, *flow_shape, len(spatial)), np.float32)
-    while True:
+    for rng in rngs:
         moving = _batch(vols, rng.integers(0, len(vols), batch_size))
         yield [moving, fixed], [fixed, zeros]
 
 
-def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None):
-    """Endless generator of random pairs of distinct scans ``(moving, fixed)``."""
+def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, seed=None, start=0):
+    """Endless generator of random pairs of distinct scans ``(moving, fixed)``; arguments as
+    in :func:`scan_to_atlas`."""
     if len(vols) < 2:
         raise ValueError('scan-to-scan training needs at least 2 volumes')
-    rng = np.random.default_rng() if rng is None else rng
+    rngs = _batch_rngs(np.random.default_rng() if rng is None else rng, seed, start)
     spatial = vols.shape[1:]
     flow_shape = tuple(spatial if flow_shape is None else flow_shape)
     zeros = np.zeros((batch_size, *flow_shape, len(spatial)), np.float32)
-    while True:
+    for rng in rngs:
         pairs = np.array([rng.choice(len(vols), 2, replace=False) for _ in range(batch_size)])
         moving, fixed = _batch(vols, pairs[:, 0]), _batch(vols, pairs[:, 1])
         yield [moving, fixed], [fixed, zeros]

@@ -101,6 +101,7 @@ def main(argv=None):
 
         if args.seed is not None:
             keras.utils.set_random_seed(args.seed)
+            tf.config.experimental.enable_op_determinism()
         files = generators.list_volumes(args.data_dir, args.train_list)
         atlas = None
         if args.atlas.lower() != 'none':
@@ -143,14 +144,17 @@ def main(argv=None):
                 print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
                       f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
 
-        # each worker of a multi-worker run draws its own pairs
+        # each worker of a multi-worker run draws its own pairs; with --seed, batch k is the
+        # same whether the run went straight through or was resumed
         worker = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', None) or 0
-        rng = np.random.default_rng(None if args.seed is None else [args.seed, worker])
+        sampling = dict(seed=None if args.seed is None else [args.seed, worker],
+                        start=initial_epoch * args.steps_per_epoch)
         flow_shape = tuple(model.outputs[1].shape[1:-1])
         if atlas is None:
-            gen = generators.scan_to_scan(vols, args.batch_size, flow_shape, rng)
+            gen = generators.scan_to_scan(vols, args.batch_size, flow_shape, **sampling)
         else:
-            gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, flow_shape, rng)
+            gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, flow_shape,
+                                           **sampling)
         dataset = generators.as_dataset(gen)
         if strategy.num_replicas_in_sync > 1:
             # every worker draws its own random pairs; nothing to shard
