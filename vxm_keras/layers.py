@@ -141,3 +141,34 @@ class RescaleTransform(keras.layers.Layer):
         config = super().get_config()
         config.update(factor=self.factor)
         return config
+
+
+@_register
+class SampleNormal(keras.layers.Layer):
+    """Draw ``mean + exp(log_var / 2) * eps``, ``eps ~ N(0, 1)``, while training; return
+    ``mean`` at inference.
+
+    Inputs ``[mean, log_var]`` of equal shape ``(batch, *spatial, ndim)``; output the
+    same shape. The probabilistic model's velocity sample.
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        kwargs.setdefault('dtype', 'float32')
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        mean, log_var = inputs
+        if not training:
+            return tf.cast(mean, tf.float32)
+        eps = keras.random.normal(tf.shape(mean), seed=self.seed_generator)
+        return tf.cast(mean, tf.float32) + tf.exp(tf.cast(log_var, tf.float32) / 2.0) * eps
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(seed=self.seed)
+        return config

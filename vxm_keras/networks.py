@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from .io import atomic_path
-from .layers import RescaleTransform, SpatialTransformer, VecInt
+from .layers import RescaleTransform, SampleNormal, SpatialTransformer, VecInt
 
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
 
@@ -64,7 +64,7 @@ def check_inshape(inshape, levels=4):
     return inshape
 
 
-def unet_core(x, enc_nf, dec_nf):
+def unet_core(x, enc_nf, dec_nf, full_size=True):
     """The VoxelMorph U-Net on a Keras tensor ``x`` ``(batch, *spatial, channels)``.
 
     Encoder: ``enc_nf`` (4 entries) stride-2 conv blocks, down to 1/16.
@@ -72,11 +72,15 @@ def unet_core(x, enc_nf, dec_nf):
     upsample + skip, ``dec_nf[2]`` at 1/4, upsample + skip, ``dec_nf[3]`` and
     ``dec_nf[4]`` at 1/2, upsample + concat with ``x``, ``dec_nf[5]`` at full
     size, and ``dec_nf[6]`` when given (VM-2). Returns the last feature map
-    ``(batch, *spatial, dec_nf[-1])``.
+    ``(batch, *spatial, dec_nf[-1])``. With ``full_size=False`` (the
+    probabilistic model) the decoder stops at 1/2 after ``dec_nf[4]``
+    (``dec_nf`` has 5 entries) and returns ``(batch, *spatial / 2, dec_nf[4])``.
     """
     enc_nf, dec_nf = list(enc_nf), list(dec_nf)
-    if len(enc_nf) != 4 or len(dec_nf) not in (6, 7):
-        raise ValueError(f'enc_nf needs 4 entries and dec_nf 6 or 7, got {enc_nf} and {dec_nf}')
+    sizes = (6, 7) if full_size else (5,)
+    if len(enc_nf) != 4 or len(dec_nf) not in sizes:
+        raise ValueError(f'enc_nf needs 4 entries and dec_nf {" or ".join(map(str, sizes))}, '
+                         f'got {enc_nf} and {dec_nf}')
     ndim = len(x.shape) - 2
     up = _upsample(ndim)
     enc = [x]
@@ -88,6 +92,8 @@ def unet_core(x, enc_nf, dec_nf):
         y = keras.layers.Concatenate(name=f'dec_skip_{i}')([y, skip])
         y = conv_block(y, dec_nf[i], name=f'dec_{i}')
     y = conv_block(y, dec_nf[4], name='dec_4')
+    if not full_size:
+        return y
     y = up(name='dec_up_5')(y)
     y = keras.layers.Concatenate(name='dec_skip_5')([y, enc[0]])
     y = conv_block(y, dec_nf[5], name='dec_5')
@@ -175,9 +181,103 @@ class VxmDense(keras.Model):
         return keras.Model(self.inputs, [self.outputs[0], warp], name=self.name + '_warp')
 
 
+@_register
+class VxmDenseProb(keras.Model):
+    """Probabilistic diffeomorphic VoxelMorph (Dalca et al., MICCAI 2018 / MedIA 2019).
+
+    The U-Net's decoder stops at half resolution (``dec_nf`` 32,32,32,32,16);
+    two 3x3(x3) heads give the mean ``mu`` (init N(0, 1e-5)) and the log
+    variance ``log_sigma`` (init N(0, 1e-10), bias -10) of a stationary
+    velocity field. Training draws ``v = mu + exp(log_sigma / 2) * eps``,
+    inference uses ``mu``; ``v`` is integrated by scaling and squaring
+    (``int_steps``) and upsampled to full resolution (vectors scaled with the
+    grid).
+
+    Inputs ``[moving, fixed]`` ``(batch, *inshape, 1)``. Outputs ``[moved,
+    flow_params]`` with ``flow_params = concat([mu, log_sigma])`` ``(batch,
+    *inshape / (2 unet_downsize), 2 ndim)`` for :class:`~vxm_keras.losses.KL`;
+    with ``bidir=True`` ``[moved, fixed_moved, flow_params]``, where
+    ``fixed_moved`` is the fixed image warped by the inverse (integrated
+    ``-v``). Displacements: :meth:`warp_model`.
+    """
+
+    def __init__(self, inshape, enc_nf=VM2_ENC, dec_nf=(32, 32, 32, 32, 16), int_steps=7, bidir=False,
+                 unet_downsize=1, indexing='ij', name='vm2diff', **kwargs):
+        unet_downsize = int(unet_downsize)
+        if unet_downsize not in (1, 2, 4):
+            raise ValueError(f'unet_downsize must be 1, 2 or 4, got {unet_downsize}')
+        inshape = check_inshape(inshape, levels=4 + unet_downsize.bit_length() - 1)
+        if int(int_steps) < 1:
+            raise ValueError('the diffeomorphic model needs int_steps >= 1')
+        ndim = len(inshape)
+        conv = _conv(ndim)
+        moving = keras.Input(shape=(*inshape, 1), name='moving')
+        fixed = keras.Input(shape=(*inshape, 1), name='fixed')
+        x = keras.layers.Concatenate(name='moving_fixed')([moving, fixed])
+        if unet_downsize > 1:
+            pool = {2: keras.layers.AveragePooling2D, 3: keras.layers.AveragePooling3D}[ndim]
+            x = pool(unet_downsize, name='input_down')(x)
+        features = unet_core(x, enc_nf, dec_nf, full_size=False)
+        mean = conv(ndim, kernel_size=3, padding='same', name='flow_mean',
+                    kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(features)
+        log_sigma = conv(ndim, kernel_size=3, padding='same', name='flow_log_sigma',
+                         kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-10),
+                         bias_initializer=keras.initializers.Constant(-10.0))(features)
+        params = keras.layers.Concatenate(name='flow_params')([mean, log_sigma])
+        vel = SampleNormal(name='velocity')([mean, log_sigma])
+        factor = 2 * unet_downsize
+        warp = VecInt(int_steps=int_steps, indexing=indexing, name='vecint')(vel)
+        warp = RescaleTransform(factor, name='warp')(warp)
+        moved = SpatialTransformer(indexing=indexing, name='transformer')([moving, warp])
+        outputs = [moved, params]
+        if bidir:
+            inv = keras.layers.Rescaling(-1.0, name='velocity_neg')(vel)
+            inv = VecInt(int_steps=int_steps, indexing=indexing, name='vecint_inv')(inv)
+            inv = RescaleTransform(factor, name='inv_warp')(inv)
+            fixed_moved = SpatialTransformer(indexing=indexing, name='transformer_inv')([fixed, inv])
+            outputs = [moved, fixed_moved, params]
+        super().__init__(inputs=[moving, fixed], outputs=outputs, name=name, **kwargs)
+        self.inshape = inshape
+        self.enc_nf = [int(n) for n in enc_nf]
+        self.dec_nf = [int(n) for n in dec_nf]
+        self.int_steps = int(int_steps)
+        self.bidir = bool(bidir)
+        self.unet_downsize = unet_downsize
+        self.indexing = indexing
+
+    def get_config(self):
+        return dict(inshape=list(self.inshape), enc_nf=self.enc_nf, dec_nf=self.dec_nf,
+                    int_steps=self.int_steps, bidir=self.bidir, unet_downsize=self.unet_downsize,
+                    indexing=self.indexing, name=self.name)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+    def warp_model(self, inverse=False):
+        """Model ``[moving, fixed] -> [moved, warp]`` using the mean velocity (inference);
+        ``warp`` is the full-resolution displacement ``(batch, *inshape, ndim)``. With
+        ``inverse=True`` a third output gives the inverse displacement (integrated ``-mu``)."""
+        outputs = [self.outputs[0], self.get_layer('warp').output]
+        if inverse:
+            if self.bidir:
+                outputs.append(self.get_layer('inv_warp').output)
+            else:
+                neg = keras.layers.Rescaling(-1.0)(self.get_layer('velocity').output)
+                neg = VecInt(int_steps=self.int_steps, indexing=self.indexing)(neg)
+                outputs.append(RescaleTransform(2 * self.unet_downsize)(neg))
+        return keras.Model(self.inputs, outputs, name=self.name + '_warp')
+
+
+def vm2diff(inshape, **kwargs):
+    """The diffeomorphic probabilistic VM-2 of MICCAI 2018 / MedIA 2019; see :class:`VxmDenseProb`."""
+    return VxmDenseProb(inshape, **kwargs)
+
+
 # Legacy .h5 files name a model by its bare class name, not the registered
-# 'vxm_keras>VxmDense'; make that name resolvable as well.
+# 'vxm_keras>VxmDense'; make those names resolvable as well.
 keras.saving.get_custom_objects()['VxmDense'] = VxmDense
+keras.saving.get_custom_objects()['VxmDenseProb'] = VxmDenseProb
 
 
 def vxm_net(inshape, enc_nf, dec_nf, int_steps=0, int_downsize=1, indexing='ij'):
