@@ -256,3 +256,24 @@ def test_seeded_run_resumed_equals_straight_run(dataset, tmp_path):
     assert max(np.abs(x - y).max() for x, y in zip(a, first)) > 1e-4  # epoch 2 did change the weights
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_diffeomorphic_model_end_to_end(dataset, tmp_path):
+    run = tmp_path / 'run'
+    script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--model', 'vm2diff',
+           '--bidir', '--epochs', 1, '--steps-per-epoch', 2, '--model-dir', run)
+    rows = list(csv.DictReader(open(run / 'training_log.csv')))
+    assert {'transformer_loss', 'transformer_inv_loss', 'flow_params_loss'} <= set(rows[0])
+    vol, _ = blob(np.array(SHAPE) / 2 + (1, 1, 0))
+    save_volfile(tmp_path / 'm.npz', vol)
+    script('register.py', '--moving', tmp_path / 'm.npz', '--fixed', dataset / 'atlas.npz', '--model',
+           run / '0001.h5', '--moved', tmp_path / 'moved.npz', '--warp', tmp_path / 'w.npz',
+           '--inverse-warp', tmp_path / 'inv.npz')
+    assert load_volfile(tmp_path / 'inv.npz').shape == SHAPE + (3,)
+    err = user_error(script('register.py', '--moving', tmp_path / 'm.npz', '--fixed', dataset / 'atlas.npz',
+                            '--model', dataset / 'run' / '0002.h5', '--moved', tmp_path / 'moved2.npz',
+                            '--inverse-warp', tmp_path / 'inv2.npz', check=False))
+    assert 'no inverse' in err and not os.path.exists(tmp_path / 'moved2.npz')
+    proc = script('test.py', '--model', run / '0001.h5', '--data-dir', dataset / 'train', '--atlas', 'none',
+                  '--labels', 17)
+    assert 'Jacobian' in proc.stdout

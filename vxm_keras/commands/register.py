@@ -42,6 +42,8 @@ def build_parser():
     p.add_argument('--model', default=DEFAULT_MODEL, help='trained model (default models/vm2_atlas.h5)')
     p.add_argument('--moved', default=None, help='output: warped moving scan (default <moving>_moved.<ext> here)')
     p.add_argument('--warp', default=None, help='output: displacement field')
+    p.add_argument('--inverse-warp', dest='inverse_warp', default=None,
+                   help='output: inverse displacement field (diffeomorphic vm2diff models)')
     p.add_argument('--moving-seg', '--moving_seg', dest='moving_seg', default=None,
                    help="label map of the moving scan (an .npz: its 'seg' key)")
     p.add_argument('--moved-seg', '--moved_seg', dest='moved_seg', default=None,
@@ -83,6 +85,7 @@ class Registrar:
         model = networks.load_model(model_path)
         self.inshape = tuple(model.inputs[0].shape[1:-1])
         self._check_model_shape(fixed_path, self.fixed)
+        self.model = model
         self.net = model.warp_model() if hasattr(model, 'warp_model') else model
         self.nn = networks.nn_transformer(self.inshape)
         self._fixed_batch = self.fixed[None, ..., None].astype(np.float32)
@@ -107,6 +110,18 @@ class Registrar:
         import numpy as np
         moved, warp = self.net.predict_on_batch([moving[None, ..., None].astype(np.float32), self._fixed_batch])
         return np.asarray(moved)[0, ..., 0], np.asarray(warp)[0]
+
+    def inverse(self, moving, model_path):
+        """The inverse displacement ``(*inshape, ndim)`` of the registration of ``moving``."""
+        import numpy as np
+
+        from ..networks import VxmDenseProb
+        if not isinstance(self.model, VxmDenseProb):
+            raise _InputError(f'{model_path}: this model has no inverse; a diffeomorphic model '
+                              '(train.py --model vm2diff) does')
+        net = self.model.warp_model(inverse=True)
+        out = net.predict_on_batch([moving[None, ..., None].astype(np.float32), self._fixed_batch])
+        return np.asarray(out[2])[0]
 
     def warp_labels(self, seg, warp):
         import numpy as np
@@ -134,7 +149,7 @@ def _single(args):
     if args.moved is None:
         stem, ext = _split_ext(args.moving)
         args.moved = stem + '_moved' + ext
-    outputs = [o for o in (args.moved, args.warp, args.moved_seg, args.png) if o]
+    outputs = [o for o in (args.moved, args.warp, args.inverse_warp, args.moved_seg, args.png) if o]
     for out in outputs:
         check_output(out, args.overwrite)
     if len({os.path.abspath(o) for o in outputs}) != len(outputs):
@@ -165,6 +180,7 @@ def _single(args):
     t1 = time.perf_counter()
     moved, warp = reg.register(moving)
     moved_seg = reg.warp_labels(moving_seg, warp) if moving_seg is not None else None
+    inverse = reg.inverse(moving, args.model) if args.inverse_warp else None
     t_pred = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -172,6 +188,8 @@ def _single(args):
     save_volfile(args.moved, moved, affine=out_affine, overwrite=args.overwrite)
     if args.warp:
         save_volfile(args.warp, warp, affine=out_affine, overwrite=args.overwrite)
+    if args.inverse_warp:
+        save_volfile(args.inverse_warp, inverse, affine=out_affine, overwrite=args.overwrite)
     if args.moved_seg:
         save_volfile(args.moved_seg, moved_seg, affine=out_affine, overwrite=args.overwrite)
     if args.png:
@@ -207,7 +225,7 @@ def _batch(args):
 
     if args.out_dir is None:
         fail('batch mode (a folder or --moving-list) needs --out-dir')
-    for opt in ('moved', 'warp', 'moving_seg', 'moved_seg', 'png'):
+    for opt in ('moved', 'warp', 'inverse_warp', 'moving_seg', 'moved_seg', 'png'):
         if getattr(args, opt):
             fail(f'--{opt.replace("_", "-")} is for a single scan; batch mode writes into --out-dir')
     os.makedirs(args.out_dir, exist_ok=True)

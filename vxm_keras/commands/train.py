@@ -27,7 +27,8 @@ def build_parser():
     data.add_argument('--train-list', '--train_list', dest='train_list', help='text file, one scan path per line')
     p.add_argument('--atlas', '--atlas_file', dest='atlas', default=DEFAULT_ATLAS,
                    help="fixed image for scan-to-atlas training (default data/atlas.npz); 'none' for scan-to-scan")
-    p.add_argument('--model', default='vm2', choices=['vm1', 'vm2'])
+    p.add_argument('--model', default='vm2', choices=['vm1', 'vm2', 'vm2diff'],
+                   help='vm1, vm2 (CVPR 2018 / TMI 2019), or vm2diff (probabilistic diffeomorphic, MICCAI 2018)')
     p.add_argument('--gpu', default=None, help="GPU id or comma list ('-1' or absent: CPU)")
     p.add_argument('--image-loss', '--image_loss', dest='image_loss', default='ncc', choices=['ncc', 'mse'])
     p.add_argument('--lambda', '--reg_param', dest='lam', type=float, default=None,
@@ -46,6 +47,11 @@ def build_parser():
     p.add_argument('--int-downsize', dest='int_downsize', type=int, default=1)
     p.add_argument('--unet-downsize', dest='unet_downsize', type=int, default=1, choices=[1, 2, 4],
                    help='run the U-Net at 1/N resolution and upsample its field (CPU training)')
+    p.add_argument('--prior-lambda', dest='prior_lambda', type=float, default=25.0,
+                   help='vm2diff: precision weight of the Laplacian prior (default 25)')
+    p.add_argument('--image-sigma', dest='image_sigma', type=float, default=0.01,
+                   help='vm2diff: noise std of the Gaussian image likelihood (default 0.01)')
+    p.add_argument('--bidir', action='store_true', help='vm2diff: also warp fixed to moving with the inverse')
     p.add_argument('--tensorboard', action='store_true', help='also log to <model-dir>/tensorboard')
     return p
 
@@ -78,6 +84,33 @@ def _strategy(tf, n_gpus):
     if n_gpus > 1:
         return tf.distribute.MirroredStrategy(), True
     return tf.distribute.get_strategy(), True
+
+
+def _losses(args, model, lam):
+    """Loss functions and weights, one per model output."""
+    from .. import losses
+    if args.model == 'vm2diff':
+        image = losses.MSE(image_sigma=args.image_sigma)
+        kl = losses.KL(prior_lambda=args.prior_lambda)
+        if model.bidir:  # the symmetric term: each direction gets half the image weight
+            return [image, losses.MSE(image_sigma=args.image_sigma), kl], [0.5, 0.5, 1.0]
+        return [image, kl], [1.0, 1.0]
+    image = losses.NCC() if args.image_loss == 'ncc' else losses.MSE()
+    return [image, losses.Grad('l2')], [1.0, lam]
+
+
+def _targets_for(model):
+    """Map the generators' ``((moving, fixed), (fixed, zeros))`` to the model's outputs: the
+    dummy zeros take the shape of the last output, a bidirectional model also gets moving."""
+    import tensorflow as tf
+    field_shape = list(model.outputs[-1].shape[1:])
+    bidir = len(model.outputs) == 3
+
+    def fn(inputs, targets):
+        moving, fixed = inputs
+        zeros = tf.zeros(tf.concat([tf.shape(moving)[:1], field_shape], 0))
+        return inputs, ((targets[0], moving, zeros) if bidir else (targets[0], zeros))
+    return fn
 
 
 def main(argv=None):
@@ -128,14 +161,17 @@ def main(argv=None):
                          f'does not match the data {tuple(inshape)}')
             else:
                 try:
-                    build = networks.vm1 if args.model == 'vm1' else networks.vm2
-                    model = build(inshape, int_steps=args.int_steps, int_downsize=args.int_downsize,
-                                  unet_downsize=args.unet_downsize)
+                    if args.model == 'vm2diff':
+                        model = networks.vm2diff(inshape, int_steps=args.int_steps or 7, bidir=args.bidir,
+                                                 unet_downsize=args.unet_downsize)
+                    else:
+                        build = networks.vm1 if args.model == 'vm1' else networks.vm2
+                        model = build(inshape, int_steps=args.int_steps, int_downsize=args.int_downsize,
+                                      unet_downsize=args.unet_downsize)
                 except ValueError as err:
                     fail(str(err))
-            image_loss = losses.NCC() if args.image_loss == 'ncc' else losses.MSE()
-            model.compile(optimizer=keras.optimizers.Adam(args.lr),
-                          loss=[image_loss, losses.Grad('l2')], loss_weights=[1.0, lam])
+            loss_fns, loss_weights = _losses(args, model, lam)
+            model.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights)
             if args.load_model:
                 restored = load_optimizer_state(model, args.load_model)
                 if restored:
@@ -155,7 +191,7 @@ def main(argv=None):
         else:
             gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, flow_shape,
                                            **sampling)
-        dataset = generators.as_dataset(gen)
+        dataset = generators.as_dataset(gen).map(_targets_for(model))
         if strategy.num_replicas_in_sync > 1:
             # every worker draws its own random pairs; nothing to shard
             options = tf.data.Options()
@@ -175,8 +211,8 @@ def main(argv=None):
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.model_dir, 'tensorboard')))
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             from ..training import fit_distributed
-            loss_fns = [type(image_loss)(reduction=None), losses.Grad('l2', reduction=None)]
-            fit_distributed(model, dataset, strategy, loss_fns, [1.0, lam], args.batch_size, args.epochs,
+            per_sample = [type(fn).from_config(dict(fn.get_config(), reduction=None)) for fn in loss_fns]
+            fit_distributed(model, dataset, strategy, per_sample, loss_weights, args.batch_size, args.epochs,
                             args.steps_per_epoch, initial_epoch, callbacks, verbose=1 if is_chief else 0)
         else:
             model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
