@@ -2,9 +2,29 @@
 
 Importing the package registers its layers, losses and models with Keras, so
 saved models load with ``keras.models.load_model(path, compile=False)``.
+
+The command-line scripts set ``VXM_KERAS_DEFER_IMPORTS=1`` before importing
+the package, so ``--help`` and argument errors answer without loading
+TensorFlow; their code imports the Keras modules once it needs them.
 """
+
+import importlib
+import os
 
 __version__ = '0.1.0'
 
-from . import layers, losses, networks  # noqa: F401  (registers Keras objects)
-from .networks import load_model, save_model, vm1, vm2, vm2diff, vxm_net  # noqa: F401
+_LAZY = {'load_model': 'networks', 'save_model': 'networks', 'vm1': 'networks', 'vm2': 'networks',
+         'vm2diff': 'networks', 'vxm_net': 'networks'}
+_SUBMODULES = ('layers', 'losses', 'networks')
+
+if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1':
+    from . import layers, losses, networks  # noqa: F401  (registers Keras objects)
+    from .networks import load_model, save_model, vm1, vm2, vm2diff, vxm_net  # noqa: F401
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f'.{name}', __name__)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f'.{_LAZY[name]}', __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
