@@ -277,3 +277,18 @@ def test_diffeomorphic_model_end_to_end(dataset, tmp_path):
     proc = script('test.py', '--model', run / '0001.h5', '--data-dir', dataset / 'train', '--atlas', 'none',
                   '--labels', 17)
     assert 'Jacobian' in proc.stdout
+
+
+def test_segmentation_supervised_training(dataset, tmp_path):
+    run = tmp_path / 'run'
+    proc = script('train.py', '--data-dir', dataset / 'train', '--atlas', 'none', '--model', 'vm1',
+                  '--seg-weight', 1.0, '--epochs', 2, '--steps-per-epoch', 2, '--model-dir', run, '--seed', 1)
+    assert 'auxiliary Dice loss (weight 1.0) on labels [17]' in proc.stdout
+    rows = list(csv.DictReader(open(run / 'training_log.csv')))
+    assert 'seg_transformer_loss' in rows[0] and float(rows[-1]['seg_transformer_loss']) < 0
+    import vxm_keras
+    model = vxm_keras.load_model(run / '0002.h5')
+    assert len(model.inputs) == 2  # images only at test time
+    script('train.py', '--data-dir', dataset / 'train', '--atlas', 'none', '--model', 'vm1', '--seg-weight', 1.0,
+           '--epochs', 3, '--steps-per-epoch', 1, '--model-dir', run, '--load-model', run / '0002.h5')
+    assert os.path.exists(run / '0003.h5')

@@ -147,3 +147,22 @@ def test_losses_in_compile_and_serialisation():
                  losses.Dice(), losses.KL(10)]:
         clone = keras.losses.deserialize(keras.losses.serialize(loss))
         assert type(clone) is type(loss) and clone.get_config() == loss.get_config()
+
+
+def test_dice_from_integer_labels_equals_one_hot(rng):
+    from vxm_keras.layers import OneHot
+    seg_t = rng.integers(0, 6, (2, 9, 8, 7, 1))
+    labels = [1, 3, 5]
+    onehot_t = OneHot(labels)(tf.constant(seg_t, tf.float32)).numpy()
+    assert onehot_t.shape == (2, 9, 8, 7, 3)
+    np.testing.assert_array_equal(onehot_t[..., 1], (seg_t[..., 0] == 3))
+    pred = rng.random((2, 9, 8, 7, 3)).astype(np.float32)
+    a = losses.Dice(labels=labels).call(tf.constant(seg_t, tf.float32), tf.constant(pred)).numpy()
+    b = losses.Dice().call(tf.constant(onehot_t), tf.constant(pred)).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # by hand for the first sample and label 3
+    t = (seg_t[0, ..., 0] == 3)
+    ref = 2 * (t * pred[0, ..., 1]).sum() / (t.sum() + pred[0, ..., 1].sum())
+    per_label = [2 * ((seg_t[0, ..., 0] == lab) * pred[0, ..., i]).sum()
+                 / ((seg_t[0, ..., 0] == lab).sum() + pred[0, ..., i].sum()) for i, lab in enumerate(labels)]
+    assert per_label[1] == pytest.approx(ref) and a[0] == pytest.approx(-np.mean(per_label), rel=1e-5)

@@ -49,15 +49,18 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     """Save the full model (and the optimizer state) at the end of every epoch, atomically.
 
     ``filepath`` may contain ``{epoch:04d}`` (1-based, like
-    ``ModelCheckpoint``). The file is written under a temporary name and
+    ``ModelCheckpoint``). ``save_model`` saves that model instead of the one
+    being trained (they share weights); the optimizer state is the trained one's. The file is written under a temporary name and
     renamed, so a process killed mid-save never leaves a truncated model. An
     epoch whose loss or weights are not finite is not saved, keeping the last
     good checkpoint.
     """
 
-    def __init__(self, filepath):
+    def __init__(self, filepath, save_model=None):
         super().__init__()
         self.filepath = os.fspath(filepath)
+        # e.g. the registration model inside a segmentation-supervised training model
+        self.save_model = save_model
 
     def on_train_begin(self, logs=None):
         # a run killed while saving (SIGKILL, power loss) leaves its hidden temporary file behind
@@ -77,6 +80,6 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             print(f'\nepoch {epoch + 1}: weights are not finite, checkpoint not written')
             return
         with atomic_path(self.filepath.format(epoch=epoch + 1)) as tmp:
-            self.model.save(tmp)
+            (self.save_model or self.model).save(tmp)
             with h5py.File(tmp, 'a') as f:
                 save_optimizer_state(self.model, f)

@@ -71,7 +71,8 @@ def _batch_rngs(rng, seed, start):
         step += 1
 
 
-def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None, seed=None, start=0):
+def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None, seed=None, start=0,
+                  segs=None, atlas_seg=None):
     """Endless generator pairing random scans (moving) with the atlas (fixed).
 
     Args:
@@ -82,20 +83,29 @@ def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None, seed=Non
         rng: ``numpy.random.Generator`` (ignored when ``seed`` is given).
         seed, start: draw batch ``k`` (counting from ``start``) from
             ``default_rng([*seed, k])``: reproducible, and resumable mid-run.
+        segs, atlas_seg: ``(n, *spatial)`` and ``(*spatial)`` label maps for
+            segmentation-supervised training: batches become
+            ``([moving, fixed, moving_seg], [fixed, zeros, fixed_seg])`` with
+            label maps ``(batch, *spatial, 1)`` float32.
     """
     rngs = _batch_rngs(np.random.default_rng() if rng is None else rng, seed, start)
     spatial = vols.shape[1:]
     flow_shape = tuple(spatial if flow_shape is None else flow_shape)
     fixed = np.repeat(atlas[None, ..., None].astype(np.float32), batch_size, axis=0)
     zeros = np.zeros((batch_size, *flow_shape, len(spatial)), np.float32)
+    if segs is not None:
+        fixed_seg = np.repeat(atlas_seg[None, ..., None].astype(np.float32), batch_size, axis=0)
     for rng in rngs:
-        moving = _batch(vols, rng.integers(0, len(vols), batch_size))
-        yield [moving, fixed], [fixed, zeros]
+        idx = rng.integers(0, len(vols), batch_size)
+        if segs is None:
+            yield [_batch(vols, idx), fixed], [fixed, zeros]
+        else:
+            yield [_batch(vols, idx), fixed, _batch(segs, idx).astype(np.float32)], [fixed, zeros, fixed_seg]
 
 
-def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, seed=None, start=0):
+def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, seed=None, start=0, segs=None):
     """Endless generator of random pairs of distinct scans ``(moving, fixed)``; arguments as
-    in :func:`scan_to_atlas`."""
+    in :func:`scan_to_atlas` (``segs`` adds ``moving_seg`` and ``fixed_seg``)."""
     if len(vols) < 2:
         raise ValueError('scan-to-scan training needs at least 2 volumes')
     rngs = _batch_rngs(np.random.default_rng() if rng is None else rng, seed, start)
@@ -105,21 +115,25 @@ def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, seed=None, start
     for rng in rngs:
         pairs = np.array([rng.choice(len(vols), 2, replace=False) for _ in range(batch_size)])
         moving, fixed = _batch(vols, pairs[:, 0]), _batch(vols, pairs[:, 1])
-        yield [moving, fixed], [fixed, zeros]
+        if segs is None:
+            yield [moving, fixed], [fixed, zeros]
+        else:
+            seg_m, seg_f = (_batch(segs, pairs[:, k]).astype(np.float32) for k in (0, 1))
+            yield [moving, fixed, seg_m], [fixed, zeros, seg_f]
 
 
 def as_dataset(generator, prefetch=2):
-    """Wrap a pair generator in a prefetching ``tf.data.Dataset`` so the next batch is
-    assembled while the model trains on the current one."""
+    """Wrap a pair generator in a prefetching ``tf.data.Dataset`` of ``(inputs, targets)``
+    tuples, so the next batch is assembled while the model trains on the current one."""
     import tensorflow as tf
-    (moving, fixed), (target, zeros) = next(generator)
+    first_inputs, first_targets = next(generator)
 
     def spec(a):
         return tf.TensorSpec((None,) + a.shape[1:], tf.float32)
 
     def gen():
-        yield (moving, fixed), (target, zeros)
-        yield from (((m, f), (t, z)) for (m, f), (t, z) in generator)
+        yield tuple(first_inputs), tuple(first_targets)
+        yield from ((tuple(x), tuple(y)) for x, y in generator)
 
-    signature = ((spec(moving), spec(fixed)), (spec(target), spec(zeros)))
+    signature = (tuple(spec(a) for a in first_inputs), tuple(spec(a) for a in first_targets))
     return tf.data.Dataset.from_generator(gen, output_signature=signature).prefetch(prefetch)

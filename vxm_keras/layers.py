@@ -172,3 +172,26 @@ class SampleNormal(keras.layers.Layer):
         config = super().get_config()
         config.update(seed=self.seed)
         return config
+
+
+@_register
+class OneHot(keras.layers.Layer):
+    """Integer label map ``(batch, *spatial, 1)`` -> one-hot ``(batch, *spatial, len(labels))``
+    over the given label values (others, background included, get all zeros)."""
+
+    def __init__(self, labels, **kwargs):
+        kwargs.setdefault('dtype', 'float32')
+        super().__init__(**kwargs)
+        self.labels = [int(v) for v in labels]
+
+    def call(self, seg):
+        seg = tf.cast(tf.round(tf.cast(seg, tf.float32)), tf.int32)
+        return tf.cast(tf.equal(seg, tf.constant(self.labels, tf.int32)), tf.float32)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], len(self.labels))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(labels=self.labels)
+        return config

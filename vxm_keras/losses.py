@@ -189,18 +189,32 @@ class Dice(keras.losses.Loss):
 
     ``y_true`` and ``y_pred`` are ``(batch, *spatial, labels)``; per label
     ``2 sum(t p) / max(sum(t + p), 1e-5)``, averaged over labels.
+
+    Args:
+        labels: if given, ``y_true`` is an integer label map ``(batch,
+            *spatial, 1)`` and is one-hot encoded over these values (saves
+            feeding a many-channel array).
     """
 
-    def __init__(self, name='dice', **kwargs):
+    def __init__(self, labels=None, name='dice', **kwargs):
         super().__init__(name=name, **kwargs)
+        self.labels = None if labels is None else [int(v) for v in labels]
 
     def call(self, y_true, y_pred):
+        if self.labels is not None:
+            y_true = tf.cast(tf.round(tf.cast(y_true, tf.float32)), tf.int32)
+            y_true = tf.equal(y_true, tf.constant(self.labels, tf.int32))
         y_true = tf.cast(y_true, tf.float32)
         y_pred = tf.cast(y_pred, tf.float32)
         axes = _spatial_axes(y_pred)
         top = 2.0 * tf.reduce_sum(y_true * y_pred, axes)
         bottom = tf.maximum(tf.reduce_sum(y_true + y_pred, axes), 1e-5)
         return -tf.reduce_mean(top / bottom, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(labels=self.labels)
+        return config
 
 
 def degree_matrix(volshape):

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from .io import atomic_path
-from .layers import RescaleTransform, SampleNormal, SpatialTransformer, VecInt
+from .layers import OneHot, RescaleTransform, SampleNormal, SpatialTransformer, VecInt
 
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
 
@@ -267,6 +267,28 @@ class VxmDenseProb(keras.Model):
                 neg = VecInt(int_steps=self.int_steps, indexing=self.indexing)(neg)
                 outputs.append(RescaleTransform(2 * self.unet_downsize)(neg))
         return keras.Model(self.inputs, outputs, name=self.name + '_warp')
+
+
+def seg_supervised(model, labels):
+    """Training model for the auxiliary segmentation loss (TMI 2019).
+
+    Wraps a registration model (shares its layers and weights): inputs
+    ``[moving, fixed, moving_seg]`` with ``moving_seg`` an integer label map
+    ``(batch, *inshape, 1)``; outputs the model's outputs plus the moving
+    segmentation one-hot encoded over ``labels`` and warped with linear
+    interpolation, ``(batch, *inshape, len(labels))``, for
+    :class:`~vxm_keras.losses.Dice` ``(labels=labels)`` against the fixed
+    label map. Only ``model`` is needed (and saved) for registration: images
+    in, no labels.
+    """
+    inshape = tuple(model.inputs[0].shape[1:-1])
+    seg = keras.Input(shape=(*inshape, 1), name='moving_seg')
+    names = [layer.name for layer in model.layers]
+    warp = model.get_layer('warp' if 'warp' in names else 'flow').output
+    onehot = OneHot(labels, name='moving_seg_onehot')(seg)
+    moved_seg = SpatialTransformer('linear', indexing=getattr(model, 'indexing', 'ij'),
+                                   name='seg_transformer')([onehot, warp])
+    return keras.Model([*model.inputs, seg], [*model.outputs, moved_seg], name=model.name + '_seg')
 
 
 def vm2diff(inshape, **kwargs):

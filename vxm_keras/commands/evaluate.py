@@ -28,39 +28,9 @@ import sys
 import time
 
 from ..cli import fail, run, setup_device
+from ..metrics import STRUCTURES, TISSUE_NAMES, aseg_to_tissue
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# FreeSurfer aseg label -> tissue class of the default atlas (1 CSF, 2 GM, 3 WM)
-ASEG_TISSUE = {
-    **{k: 1 for k in (4, 5, 14, 15, 24, 43, 44)},
-    **{k: 2 for k in (3, 8, 10, 11, 12, 13, 17, 18, 26, 42, 47, 49, 50, 51, 52, 53, 54, 58)},
-    **{k: 3 for k in (2, 7, 16, 28, 41, 46, 60, 77, 85, 251, 252, 253, 254, 255)},
-}
-TISSUE_NAMES = {1: 'CSF', 2: 'grey matter', 3: 'white matter'}
-# FreeSurferColorLUT names of the 30 structures
-STRUCTURES = {2: 'L cerebral WM', 3: 'L cortex', 4: 'L lat. ventricle', 7: 'L cerebellum WM',
-              8: 'L cerebellum cortex', 10: 'L thalamus', 11: 'L caudate', 12: 'L putamen',
-              13: 'L pallidum', 14: '3rd ventricle', 15: '4th ventricle', 16: 'brainstem',
-              17: 'L hippocampus', 18: 'L amygdala', 24: 'CSF', 28: 'L ventral DC', 31: 'L choroid plexus',
-              41: 'R cerebral WM', 42: 'R cortex', 43: 'R lat. ventricle', 46: 'R cerebellum WM',
-              47: 'R cerebellum cortex', 49: 'R thalamus', 50: 'R caudate', 51: 'R putamen',
-              52: 'R pallidum', 53: 'R hippocampus', 54: 'R amygdala', 60: 'R ventral DC',
-              63: 'R choroid plexus'}
-
-
-def aseg_to_tissue(seg):
-    """Map a FreeSurfer aseg ``(*spatial)`` to tissue classes (0 elsewhere)."""
-    import numpy as np
-    lut = np.zeros(max(ASEG_TISSUE) + 1, np.int32)
-    for k, v in ASEG_TISSUE.items():
-        lut[k] = v
-    seg = np.asarray(seg)
-    out = np.zeros(seg.shape, np.int32)
-    inside = (seg >= 0) & (seg < len(lut))
-    out[inside] = lut[seg[inside]]
-    return out
-
 
 def build_parser():
     p = argparse.ArgumentParser(prog='test.py', description=__doc__,

@@ -52,6 +52,10 @@ def build_parser():
     p.add_argument('--image-sigma', dest='image_sigma', type=float, default=0.01,
                    help='vm2diff: noise std of the Gaussian image likelihood (default 0.01)')
     p.add_argument('--bidir', action='store_true', help='vm2diff: also warp fixed to moving with the inverse')
+    p.add_argument('--seg-weight', dest='seg_weight', type=float, default=0.0,
+                   help="weight of the auxiliary Dice loss on the scans' 'seg' maps (TMI 2019); 0 = off")
+    p.add_argument('--seg-labels', dest='seg_labels', type=int, nargs='+', default=None,
+                   help='labels of that Dice loss (default: the 30 structures, or the atlas seg labels)')
     p.add_argument('--tensorboard', action='store_true', help='also log to <model-dir>/tensorboard')
     return p
 
@@ -100,17 +104,51 @@ def _losses(args, model, lam):
 
 
 def _targets_for(model):
-    """Map the generators' ``((moving, fixed), (fixed, zeros))`` to the model's outputs: the
-    dummy zeros take the shape of the last output, a bidirectional model also gets moving."""
+    """Map the generators' ``(inputs, (fixed, zeros[, fixed_seg]))`` to the registration
+    model's outputs: the dummy zeros take the shape of its last output (the field the
+    regulariser sees), a bidirectional model also gets the moving image as target."""
     import tensorflow as tf
     field_shape = list(model.outputs[-1].shape[1:])
     bidir = len(model.outputs) == 3
 
     def fn(inputs, targets):
-        moving, fixed = inputs
+        moving = inputs[0]
         zeros = tf.zeros(tf.concat([tf.shape(moving)[:1], field_shape], 0))
-        return inputs, ((targets[0], moving, zeros) if bidir else (targets[0], zeros))
+        return inputs, (targets[0], *([moving] if bidir else []), zeros, *targets[2:])
     return fn
+
+
+def _load_segs(args, files, atlas_path, shape):
+    """Label maps for segmentation-supervised training, and the labels to score.
+
+    With the default tissue atlas (labels 1-3), the subjects' FreeSurfer aseg is
+    mapped to the same tissue classes.
+    """
+    import numpy as np
+
+    from ..io import load_volfile
+    from ..metrics import PAPER_LABELS, aseg_to_tissue
+    segs = []
+    for f in files:
+        seg = load_volfile(f, key='seg')
+        if seg.shape != tuple(shape):
+            fail(f'{f}: seg shape {seg.shape} differs from its vol {tuple(shape)}')
+        segs.append(seg.astype(np.int32))
+    segs = np.stack(segs)
+    atlas_seg = None
+    if atlas_path is not None:
+        atlas_seg = load_volfile(atlas_path, key='seg').astype(np.int32)
+        atlas_labels = set(np.unique(atlas_seg).tolist()) - {0}
+        if atlas_labels <= {1, 2, 3} and segs.max() > 3:
+            print('the atlas seg is a tissue map: mapping the subjects\' aseg to CSF / GM / WM', flush=True)
+            segs = aseg_to_tissue(segs)
+        labels = args.seg_labels or sorted(atlas_labels)
+    else:
+        present = set(np.unique(segs).tolist())
+        labels = args.seg_labels or [lab for lab in PAPER_LABELS if lab in present]
+    if not labels:
+        fail('no labels to supervise with: pass --seg-labels')
+    return segs, atlas_seg, [int(v) for v in labels]
 
 
 def main(argv=None):
@@ -146,6 +184,11 @@ def main(argv=None):
         print(f'{len(files)} training scans of shape {inshape}; '
               f'{"atlas " + args.atlas if atlas is not None else "scan-to-scan pairs"}', flush=True)
 
+        segs = atlas_seg = seg_labels = None
+        if args.seg_weight > 0:
+            segs, atlas_seg, seg_labels = _load_segs(args, files, None if atlas is None else args.atlas, inshape)
+            print(f'auxiliary Dice loss (weight {args.seg_weight}) on labels {seg_labels}', flush=True)
+
         strategy, is_chief = _strategy(tf, n_gpus)
         if args.batch_size % strategy.num_replicas_in_sync:
             fail(f'--batch-size {args.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
@@ -171,12 +214,17 @@ def main(argv=None):
                 except ValueError as err:
                     fail(str(err))
             loss_fns, loss_weights = _losses(args, model, lam)
-            model.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights)
+            trained = model
+            if args.seg_weight > 0:
+                trained = networks.seg_supervised(model, seg_labels)
+                loss_fns.append(losses.Dice(labels=seg_labels))
+                loss_weights.append(args.seg_weight)
+            trained.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights)
             if args.load_model:
-                restored = load_optimizer_state(model, args.load_model)
+                restored = load_optimizer_state(trained, args.load_model)
                 if restored:
                     # the checkpoint's learning rate is part of the state; --lr wins
-                    model.optimizer.learning_rate.assign(args.lr)
+                    trained.optimizer.learning_rate.assign(args.lr)
                 print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
                       f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
 
@@ -185,12 +233,11 @@ def main(argv=None):
         worker = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', None) or 0
         sampling = dict(seed=None if args.seed is None else [args.seed, worker],
                         start=initial_epoch * args.steps_per_epoch)
-        flow_shape = tuple(model.outputs[1].shape[1:-1])
         if atlas is None:
-            gen = generators.scan_to_scan(vols, args.batch_size, flow_shape, **sampling)
+            gen = generators.scan_to_scan(vols, args.batch_size, segs=segs, **sampling)
         else:
-            gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, flow_shape,
-                                           **sampling)
+            gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, segs=segs,
+                                           atlas_seg=atlas_seg, **sampling)
         dataset = generators.as_dataset(gen).map(_targets_for(model))
         if strategy.num_replicas_in_sync > 1:
             # every worker draws its own random pairs; nothing to shard
@@ -203,7 +250,7 @@ def main(argv=None):
         os.makedirs(out_dir, exist_ok=True)
         callbacks = [
             keras.callbacks.TerminateOnNaN(),
-            AtomicCheckpoint(os.path.join(out_dir, '{epoch:04d}.h5')),
+            AtomicCheckpoint(os.path.join(out_dir, '{epoch:04d}.h5'), save_model=model),
             keras.callbacks.CSVLogger(os.path.join(out_dir, 'training_log.csv'),
                                       append=initial_epoch > 0),
         ]
@@ -212,12 +259,12 @@ def main(argv=None):
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             from ..training import fit_distributed
             per_sample = [type(fn).from_config(dict(fn.get_config(), reduction=None)) for fn in loss_fns]
-            fit_distributed(model, dataset, strategy, per_sample, loss_weights, args.batch_size, args.epochs,
+            fit_distributed(trained, dataset, strategy, per_sample, loss_weights, args.batch_size, args.epochs,
                             args.steps_per_epoch, initial_epoch, callbacks, verbose=1 if is_chief else 0)
         else:
-            model.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+            trained.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                       initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
-        if model.stop_training and not all(np.isfinite(w).all() for w in model.get_weights()):
+        if trained.stop_training and not all(np.isfinite(w).all() for w in model.get_weights()):
             fail('training stopped: the loss became NaN; the last good checkpoint is kept')
         return 0
 
