@@ -102,6 +102,21 @@ def unet_core(x, enc_nf, dec_nf, full_size=True):
     return y
 
 
+def _pair_inputs(inshape, unet_downsize):
+    """Check the shape; return ``(inshape, moving, fixed, x)``: the two ``Input`` tensors and
+    their concatenation, average-pooled by ``unet_downsize`` (1, 2 or 4) for the U-Net."""
+    if unet_downsize not in (1, 2, 4):
+        raise ValueError(f'unet_downsize must be 1, 2 or 4, got {unet_downsize}')
+    inshape = check_inshape(inshape, levels=4 + unet_downsize.bit_length() - 1)
+    moving = keras.Input(shape=(*inshape, 1), name='moving')
+    fixed = keras.Input(shape=(*inshape, 1), name='fixed')
+    x = keras.layers.Concatenate(name='moving_fixed')([moving, fixed])
+    if unet_downsize > 1:
+        pool = {2: keras.layers.AveragePooling2D, 3: keras.layers.AveragePooling3D}[len(inshape)]
+        x = pool(unet_downsize, name='input_down')(x)
+    return inshape, moving, fixed, x
+
+
 @_register
 class VxmDense(keras.Model):
     """VoxelMorph dense registration network (a functional model).
@@ -126,20 +141,11 @@ class VxmDense(keras.Model):
     def __init__(self, inshape, enc_nf=VM2_ENC, dec_nf=VM2_DEC, int_steps=0, int_downsize=1,
                  indexing='ij', unet_downsize=1, name='vxm_dense', **kwargs):
         int_steps, int_downsize, unet_downsize = int(int_steps), int(int_downsize), int(unet_downsize)
-        if unet_downsize not in (1, 2, 4):
-            raise ValueError(f'unet_downsize must be 1, 2 or 4, got {unet_downsize}')
-        levels = 4 + unet_downsize.bit_length() - 1
-        inshape = check_inshape(inshape, levels=levels)
+        inshape, moving, fixed, x = _pair_inputs(inshape, unet_downsize)
         ndim = len(inshape)
         low_shape = [n // unet_downsize for n in inshape]
         if int_downsize < 1 or any(n % int_downsize for n in low_shape):
             raise ValueError(f'int_downsize={int_downsize} must be >= 1 and divide the U-Net grid {low_shape}')
-        moving = keras.Input(shape=(*inshape, 1), name='moving')
-        fixed = keras.Input(shape=(*inshape, 1), name='fixed')
-        x = keras.layers.Concatenate(name='moving_fixed')([moving, fixed])
-        if unet_downsize > 1:
-            pool = {2: keras.layers.AveragePooling2D, 3: keras.layers.AveragePooling3D}[ndim]
-            x = pool(unet_downsize, name='input_down')(x)
         features = unet_core(x, enc_nf, dec_nf)
         flow = _conv(ndim)(ndim, kernel_size=3, padding='same', name='flow',
                            kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1e-5))(features)
@@ -204,19 +210,11 @@ class VxmDenseProb(keras.Model):
     def __init__(self, inshape, enc_nf=VM2_ENC, dec_nf=(32, 32, 32, 32, 16), int_steps=7, bidir=False,
                  unet_downsize=1, indexing='ij', name='vm2diff', **kwargs):
         unet_downsize = int(unet_downsize)
-        if unet_downsize not in (1, 2, 4):
-            raise ValueError(f'unet_downsize must be 1, 2 or 4, got {unet_downsize}')
-        inshape = check_inshape(inshape, levels=4 + unet_downsize.bit_length() - 1)
         if int(int_steps) < 1:
             raise ValueError('the diffeomorphic model needs int_steps >= 1')
+        inshape, moving, fixed, x = _pair_inputs(inshape, unet_downsize)
         ndim = len(inshape)
         conv = _conv(ndim)
-        moving = keras.Input(shape=(*inshape, 1), name='moving')
-        fixed = keras.Input(shape=(*inshape, 1), name='fixed')
-        x = keras.layers.Concatenate(name='moving_fixed')([moving, fixed])
-        if unet_downsize > 1:
-            pool = {2: keras.layers.AveragePooling2D, 3: keras.layers.AveragePooling3D}[ndim]
-            x = pool(unet_downsize, name='input_down')(x)
         features = unet_core(x, enc_nf, dec_nf, full_size=False)
         mean = conv(ndim, kernel_size=3, padding='same', name='flow_mean',
                     kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(features)
