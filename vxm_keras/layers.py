@@ -7,6 +7,7 @@ with ``ij`` indexing (see :mod:`vxm_keras.spatial`).
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from . import spatial
@@ -194,4 +195,82 @@ class OneHot(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(labels=self.labels)
+        return config
+
+
+@_register
+class LearnedTemplate(keras.layers.Layer):
+    """A trainable image: the template of template-construction models (NeurIPS 2019).
+
+    Called on any tensor with a batch axis, returns the template repeated
+    over that batch, ``(batch, *shape, channels)``.
+
+    Args:
+        shape: ``(*spatial, channels)`` of the template.
+        init: optional array of that shape to start from (e.g. the mean of
+            the training images); zeros otherwise.
+    """
+
+    def __init__(self, shape, init=None, **kwargs):
+        kwargs.setdefault('dtype', 'float32')
+        super().__init__(**kwargs)
+        self.shape = tuple(int(n) for n in shape)
+        self._init = None if init is None else np.asarray(init, np.float32).reshape(self.shape)
+        self.template = self.add_weight(
+            name='template', shape=self.shape, trainable=True,
+            initializer=(keras.initializers.Zeros() if self._init is None
+                         else keras.initializers.Constant(self._init)))
+
+    def call(self, like):
+        batch = tf.shape(like)[0]
+        return tf.tile(self.template[None], tf.concat([[batch], tf.ones(len(self.shape), tf.int32)], 0))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(shape=list(self.shape))  # the values travel with the weights
+        return config
+
+
+@_register
+class MeanStream(keras.layers.Layer):
+    """Running mean of its input over the training stream (the template model's centrality term).
+
+    Input ``(batch, *shape)``; output the running mean ``(batch, *shape)`` (the same
+    for every batch element). While training, the stored mean becomes
+    ``(count * mean + sum(batch)) / (count + batch)`` with ``count`` capped at
+    ``cap`` so the mean keeps following the network; the output carries the
+    gradient of the current batch's share, so a loss on it pushes the
+    average deformation towards zero.
+    """
+
+    def __init__(self, cap=100, **kwargs):
+        kwargs.setdefault('dtype', 'float32')
+        super().__init__(**kwargs)
+        self.cap = float(cap)
+
+    def build(self, input_shape):
+        self.mean = self.add_weight(name='mean', shape=tuple(input_shape[1:]), initializer='zeros',
+                                    trainable=False)
+        self.count = self.add_weight(name='count', shape=(), initializer='zeros', trainable=False)
+
+    def call(self, x, training=None):
+        x = tf.cast(x, tf.float32)
+        batch = tf.cast(tf.shape(x)[0], tf.float32)
+        if not training:
+            return tf.zeros_like(x) + self.mean
+        count = tf.minimum(self.count, self.cap)
+        new_mean = (count * tf.stop_gradient(self.mean) + tf.reduce_sum(x, 0)) / (count + batch)
+        self.mean.assign(tf.stop_gradient(new_mean))
+        self.count.assign(tf.minimum(self.count + batch, self.cap))
+        return tf.zeros_like(x) + new_mean
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(cap=self.cap)
         return config

@@ -217,6 +217,27 @@ class Dice(keras.losses.Loss):
         return config
 
 
+@_register
+class DisplacementPenalty(keras.losses.Loss):
+    """``lambda_d * mean(u^2) + lambda_a * Grad('l2')(u)`` of a field ``u`` ``(batch, *spatial, ndim)``:
+    the magnitude and smoothness terms of the template model (NeurIPS 2019). ``y_true`` is ignored."""
+
+    def __init__(self, lambda_d=0.01, lambda_a=1.0, name='displacement_penalty', **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.lambda_d = float(lambda_d)
+        self.lambda_a = float(lambda_a)
+        self._grad = Grad('l2')
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.cast(y_pred, tf.float32)
+        return self.lambda_d * _per_sample_mean(tf.square(y_pred)) + self.lambda_a * self._grad.call(y_true, y_pred)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(lambda_d=self.lambda_d, lambda_a=self.lambda_a)
+        return config
+
+
 def degree_matrix(volshape):
     """Number of face neighbours inside the volume of every voxel, ``(*volshape,)`` numpy.
 

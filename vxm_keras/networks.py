@@ -17,7 +17,8 @@ import keras
 import numpy as np
 
 from .io import atomic_path
-from .layers import OneHot, RescaleTransform, SampleNormal, SpatialTransformer, VecInt
+from .layers import (LearnedTemplate, MeanStream, OneHot, RescaleTransform, SampleNormal, SpatialTransformer,
+                     VecInt)
 
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
 
@@ -267,6 +268,94 @@ class VxmDenseProb(keras.Model):
         return keras.Model(self.inputs, outputs, name=self.name + '_warp')
 
 
+@_register
+class TemplateCreation(keras.Model):
+    """Learn a template, optionally conditioned on attributes, jointly with the registration
+    of that template to every image (Dalca, Rakic, Guttag, Sabuncu, NeurIPS 2019).
+
+    The template is a trainable image (:class:`LearnedTemplate`, started from
+    ``template_init``, e.g. the mean training image); with ``n_attributes > 0``
+    a decoder maps the attribute vector (dense -> reshape to 1/8 resolution ->
+    three upsampling convolution blocks -> 1-channel convolution) to a
+    correction added to it. A VoxelMorph U-Net reads ``[template, image]``
+    and predicts a stationary velocity, integrated by scaling and squaring
+    (``int_steps``) at ``1 / int_downsize`` resolution.
+
+    Inputs: ``image`` ``(batch, *inshape, 1)`` and, when conditional,
+    ``attributes`` ``(batch, n_attributes)``. Outputs: ``[warped_template,
+    mean_velocity, velocity]``: the template warped onto the image (for
+    ``MSE(image_sigma)`` against it), the running mean of the velocity over
+    training (:class:`MeanStream`, for the centrality term ``gamma *
+    mean^2``, target zeros) and the velocity itself (for
+    :class:`~vxm_keras.losses.DisplacementPenalty`).
+    """
+
+    def __init__(self, inshape, n_attributes=0, enc_nf=VM2_ENC, dec_nf=VM2_DEC, int_steps=7, int_downsize=2,
+                 cond_nf=32, mean_cap=100, template_init=None, name='template_creation', **kwargs):
+        inshape, image, _, _ = _pair_inputs(inshape, 1)
+        ndim = len(inshape)
+        conv = _conv(ndim)
+        if any(n % int_downsize for n in inshape):
+            raise ValueError(f'int_downsize={int_downsize} must divide {inshape}')
+        inputs = [image]
+        template = LearnedTemplate((*inshape, 1), init=template_init, name='template')(image)
+        if n_attributes:
+            attributes = keras.Input(shape=(int(n_attributes),), name='attributes')
+            inputs.append(attributes)
+            low = [n // 8 for n in inshape]
+            y = keras.layers.Dense(int(np.prod(low)) * cond_nf, name='cond_dense')(attributes)
+            y = keras.layers.Reshape((*low, cond_nf), name='cond_reshape')(y)
+            for i in range(3):
+                y = _upsample(ndim)(name=f'cond_up_{i}')(y)
+                y = conv_block(y, cond_nf, name=f'cond_{i}')
+            delta = conv(1, kernel_size=3, padding='same', name='cond_template',
+                         kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(y)
+            template = keras.layers.Add(name='conditional_template')([template, delta])
+        x = keras.layers.Concatenate(name='template_image')([template, image])
+        features = unet_core(x, enc_nf, dec_nf)
+        flow = conv(ndim, kernel_size=3, padding='same', name='flow',
+                    kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(features)
+        vel = RescaleTransform(1.0 / int_downsize, name='velocity')(flow) if int_downsize > 1 else flow
+        warp = VecInt(int_steps=int_steps, name='vecint')(vel)
+        warp = RescaleTransform(int_downsize, name='warp')(warp) if int_downsize > 1 \
+            else keras.layers.Identity(name='warp')(warp)
+        warped = SpatialTransformer(name='transformer')([template, warp])
+        mean_vel = MeanStream(cap=mean_cap, name='mean_velocity')(vel)
+        super().__init__(inputs=inputs, outputs=[warped, mean_vel, vel], name=name, **kwargs)
+        self.inshape = inshape
+        self.n_attributes = int(n_attributes)
+        self.enc_nf = [int(n) for n in enc_nf]
+        self.dec_nf = [int(n) for n in dec_nf]
+        self.int_steps = int(int_steps)
+        self.int_downsize = int(int_downsize)
+        self.cond_nf = int(cond_nf)
+        self.mean_cap = mean_cap
+
+    def get_config(self):
+        return dict(inshape=list(self.inshape), n_attributes=self.n_attributes, enc_nf=self.enc_nf,
+                    dec_nf=self.dec_nf, int_steps=self.int_steps, int_downsize=self.int_downsize,
+                    cond_nf=self.cond_nf, mean_cap=self.mean_cap, name=self.name)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+    def templates(self, attributes=None):
+        """The learned template ``(*inshape)``, or for a conditional model one per row of
+        ``attributes`` ``(n, n_attributes)``: ``(n, *inshape)``."""
+        if not self.n_attributes:
+            return self.get_layer('template').template.numpy()[..., 0]
+        attributes = np.asarray(attributes, np.float32).reshape(-1, self.n_attributes)
+        sub = keras.Model(self.inputs, self.get_layer('conditional_template').output)
+        dummy = np.zeros((len(attributes), *self.inshape, 1), np.float32)
+        return sub.predict([dummy, attributes], verbose=0)[..., 0]
+
+    def warp_model(self):
+        """Model ``inputs -> [warped_template, warp]``: the template registered to the image;
+        ``warp`` ``(batch, *inshape, ndim)`` maps image voxels into the template."""
+        return keras.Model(self.inputs, [self.outputs[0], self.get_layer('warp').output])
+
+
 def seg_supervised(model, labels):
     """Training model for the auxiliary segmentation loss (TMI 2019).
 
@@ -298,6 +387,7 @@ def vm2diff(inshape, **kwargs):
 # 'vxm_keras>VxmDense'; make those names resolvable as well.
 keras.saving.get_custom_objects()['VxmDense'] = VxmDense
 keras.saving.get_custom_objects()['VxmDenseProb'] = VxmDenseProb
+keras.saving.get_custom_objects()['TemplateCreation'] = TemplateCreation
 
 
 def vxm_net(inshape, enc_nf, dec_nf, int_steps=0, int_downsize=1, indexing='ij'):

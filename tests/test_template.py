@@ -1,0 +1,81 @@
+"""Learned (conditional) templates (NeurIPS 2019) on small synthetic 2-D data."""
+import keras
+import numpy as np
+import pytest
+
+import vxm_keras
+from vxm_keras import losses
+from vxm_keras.layers import MeanStream
+from vxm_keras.networks import TemplateCreation
+
+S = 32
+YY, XX = np.meshgrid(np.arange(S), np.arange(S), indexing='ij')
+
+
+def ellipse(cy, cx, r):
+    return (((YY - cy) / (1.4 * r)) ** 2 + ((XX - cx) / r) ** 2 < 1).astype(np.float32)
+
+
+def compiled(model, gamma=10.0):
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=[losses.MSE(image_sigma=0.1), losses.MSE(), losses.DisplacementPenalty(0.0, 1.0)],
+                  loss_weights=[1.0, gamma, 1.0])
+    return model
+
+
+def test_mean_stream_running_mean():
+    import tensorflow as tf
+    layer = MeanStream(cap=1000)
+    a = np.arange(6, dtype=np.float32).reshape(3, 2)
+    layer(tf.constant(a), training=True)
+    out = layer(tf.constant(a + 10), training=True).numpy()
+    np.testing.assert_allclose(out[0], (a.sum(0) + (a + 10).sum(0)) / 6)
+    np.testing.assert_allclose(layer(tf.constant(a), training=False).numpy()[0], out[0])
+
+
+@pytest.fixture(scope='module')
+def shifted_set():
+    rng = np.random.default_rng(0)
+    shifts = rng.uniform(-4, 4, (64, 2))
+    shifts -= shifts.mean(0)
+    return np.stack([ellipse(16 + dy, 16 + dx, 5) for dy, dx in shifts])[..., None]
+
+
+def test_template_of_shifted_copies_is_the_centred_shape(shifted_set, tmp_path):
+    keras.utils.set_random_seed(0)
+    imgs = shifted_set
+    mean = imgs.mean(0)[..., 0]
+    model = compiled(TemplateCreation((S, S), template_init=mean, int_downsize=1))
+    zeros = np.zeros((len(imgs), S, S, 2), np.float32)
+    model.fit(imgs, [imgs, zeros, zeros], batch_size=8, epochs=40, verbose=0)
+    template = model.templates()
+    centred = ellipse(16, 16, 5)
+
+    def corr(a):
+        return np.corrcoef(a.ravel(), centred.ravel())[0, 1]
+    # sharper than the blurred mean, and centred
+    assert corr(template) > corr(mean) + 0.03, (corr(template), corr(mean))
+    weights = np.clip(template, 0, None)
+    centroid = [(weights * g).sum() / weights.sum() for g in (YY, XX)]
+    assert np.allclose(centroid, 16, atol=1.0), centroid
+    # the average deformation over the training set goes to about zero
+    _, warp = model.warp_model().predict(imgs, verbose=0)
+    assert np.abs(warp.mean(0)).mean() < 0.3 * np.abs(warp).mean()
+    # saved and reloaded, the template comes back
+    vxm_keras.save_model(model, tmp_path / 't.h5')
+    np.testing.assert_allclose(vxm_keras.load_model(tmp_path / 't.h5').templates(), template, atol=1e-6)
+
+
+def test_conditional_templates_follow_the_attribute():
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    scales = rng.uniform(3, 8, 96).astype(np.float32)
+    imgs = np.stack([ellipse(16 + rng.uniform(-2, 2), 16 + rng.uniform(-2, 2), r) for r in scales])[..., None]
+    attributes = ((scales - 5.5) / 2.5)[:, None]
+    model = compiled(TemplateCreation((S, S), n_attributes=1, template_init=imgs.mean(0)[..., 0],
+                                      int_downsize=1))
+    zeros = np.zeros((len(imgs), S, S, 2), np.float32)
+    model.fit([imgs, attributes], [imgs, zeros, zeros], batch_size=8, epochs=40, verbose=0)
+    small, large = model.templates(np.array([[-1.0], [1.0]]))
+    area = [np.sum(t > 0.5) for t in (small, large)]
+    assert area[1] > 1.5 * area[0], area
