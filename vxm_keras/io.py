@@ -187,3 +187,27 @@ def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=Non
             aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
             img = (nib.MGHImage if ext == '.mgz' else nib.Nifti1Image)(_image_dtype(array, ext), aff)
             nib.save(img, tmp)
+
+
+def load_idx(path):
+    """Read an IDX file (MNIST / Fashion-MNIST format, optionally gzip-compressed).
+
+    Returns a numpy array: ``(n, rows, cols)`` uint8 images or ``(n,)`` labels.
+    """
+    import gzip
+    import struct
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: file not found')
+    opener = gzip.open if path.endswith('.gz') else open
+    try:
+        with opener(path, 'rb') as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack('>HBB', data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError('not an unsigned-byte IDX file')
+        shape = struct.unpack('>' + 'I' * ndim, data[4:4 + 4 * ndim])
+        array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        return array.reshape(shape)
+    except (OSError, ValueError, EOFError, struct.error) as err:
+        raise VolumeError(f'{path}: cannot read as IDX ({err})') from err

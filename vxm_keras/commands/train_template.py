@@ -1,0 +1,238 @@
+"""``train_template.py``: learn a (conditional) template jointly with registration (NeurIPS 2019).
+
+Brains (prepared .npz scans), optionally at lower resolution:
+
+    python train_template.py --data-dir prepared/ --downsize 2 --model-dir runs/template
+
+Conditional on attributes (a CSV with a header; first column the scan's file
+name, then numeric columns):
+
+    python train_template.py --data-dir prepared/ --attributes ages.csv --model-dir runs/cond
+
+The 2-D Fashion-MNIST demo, conditioned on class, or on class and a random
+scale applied to each image:
+
+    python train_template.py --fashion-mnist ../shared/data/fashion_mnist --condition class+scale \\
+        --model-dir runs/fashion
+
+Outputs in ``--model-dir``: ``{epoch:04d}.h5`` (the model), ``training_log.csv``,
+``template.npz`` (+ ``template.nii.gz`` for 3-D: key ``vol``, or ``templates``
+and ``attributes`` when conditional) and ``templates.png``.
+"""
+
+import argparse
+import csv
+import os
+import sys
+
+from ..cli import fail, run, setup_device
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog='train_template.py', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of prepared .npz scans')
+    data.add_argument('--train-list', '--train_list', dest='train_list', help='text file, one scan per line')
+    data.add_argument('--fashion-mnist', dest='fashion_mnist', help='folder with the Fashion-MNIST IDX files')
+    p.add_argument('--attributes', help='CSV: file name, then one numeric column per attribute')
+    p.add_argument('--condition', default='none', choices=['none', 'class', 'class+scale'],
+                   help='Fashion-MNIST: what the template is conditioned on')
+    p.add_argument('--scale-range', dest='scale_range', type=float, nargs=2, default=(0.6, 1.4),
+                   help='Fashion-MNIST class+scale: range of the random zoom applied to the images')
+    p.add_argument('--n-images', dest='n_images', type=int, default=10000,
+                   help='Fashion-MNIST: how many training images to use')
+    p.add_argument('--downsize', type=int, default=1, help='block-average 3-D scans by this factor first')
+    p.add_argument('--image-sigma', dest='image_sigma', type=float, default=0.1)
+    p.add_argument('--gamma', type=float, default=10.0, help='weight of the centrality term')
+    p.add_argument('--lambda-d', dest='lambda_d', type=float, default=0.01, help='displacement magnitude weight')
+    p.add_argument('--lambda-a', dest='lambda_a', type=float, default=1.0, help='smoothness weight')
+    p.add_argument('--int-steps', dest='int_steps', type=int, default=7)
+    p.add_argument('--int-downsize', dest='int_downsize', type=int, default=2)
+    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--epochs', type=int, default=20)
+    p.add_argument('--steps-per-epoch', dest='steps_per_epoch', type=int, default=100)
+    p.add_argument('--batch-size', dest='batch_size', type=int, default=8)
+    p.add_argument('--model-dir', dest='model_dir', default='runs/template')
+    p.add_argument('--seed', type=int, default=None)
+    p.add_argument('--gpu', default=None)
+    return p
+
+
+def fashion_mnist(folder, condition, n_images, scale_range, rng):
+    """Images ``(n, 32, 32)`` in [0, 1] (28x28 padded by 2) and attributes ``(n, a)``:
+    one-hot class, plus the zoom factor (centred and scaled to about [-1, 1]) when asked."""
+    import numpy as np
+    from scipy import ndimage
+
+    from ..io import load_idx
+    images = load_idx(os.path.join(folder, 'train-images-idx3-ubyte.gz'))[:n_images]
+    labels = load_idx(os.path.join(folder, 'train-labels-idx1-ubyte.gz'))[:n_images]
+    images = np.pad(images.astype(np.float32) / 255.0, ((0, 0), (2, 2), (2, 2)))
+    attributes = None
+    if condition in ('class', 'class+scale'):
+        attributes = np.eye(10, dtype=np.float32)[labels]
+    if condition == 'class+scale':
+        lo, hi = scale_range
+        scales = rng.uniform(lo, hi, len(images)).astype(np.float32)
+        centre = (np.array(images.shape[1:]) - 1) / 2
+        for i, s in enumerate(scales):
+            # output voxel x samples the input at centre + (x - centre) / s: a zoom by s about the centre
+            images[i] = ndimage.affine_transform(images[i], np.eye(2) / s, offset=centre - centre / s, order=1)
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        attributes = np.concatenate([attributes, ((scales - mid) / half)[:, None]], 1)
+    return images, labels, attributes
+
+
+def _read_attributes(path, files):
+    import numpy as np
+    with open(path, newline='') as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        fail(f'{path}: needs a header and one row per scan')
+    table = {}
+    for n, row in enumerate(rows[1:], start=2):
+        try:
+            table[os.path.basename(row[0])] = [float(v) for v in row[1:]]
+        except (ValueError, IndexError):
+            fail(f'{path}: line {n}: expected a file name and numbers, got {row}')
+    missing = [os.path.basename(f) for f in files if os.path.basename(f) not in table]
+    if missing:
+        fail(f'{path}: no row for {", ".join(missing[:5])}')
+    return np.array([table[os.path.basename(f)] for f in files], np.float32)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_device(args.gpu)
+
+    def body():
+        import keras
+        import numpy as np
+
+        from .. import generators, losses, networks
+        from ..callbacks import AtomicCheckpoint
+        from ..io import atomic_path, save_volfile
+
+        if args.seed is not None:
+            keras.utils.set_random_seed(args.seed)
+        rng = np.random.default_rng(args.seed)
+        labels = None
+        if args.fashion_mnist:
+            images, labels, attributes = fashion_mnist(args.fashion_mnist, args.condition, args.n_images,
+                                                       args.scale_range, rng)
+        else:
+            files = generators.list_volumes(args.data_dir, args.train_list)
+            images = generators.load_volumes(files)
+            if args.downsize > 1:
+                d = args.downsize
+                n, *shape = images.shape
+                if any(s % d for s in shape):
+                    fail(f'--downsize {d} does not divide the scan shape {tuple(shape)}')
+                images = images.reshape(n, *[v for s in shape for v in (s // d, d)]).mean(
+                    axis=tuple(range(2, 2 + 2 * len(shape), 2)))
+            attributes = _read_attributes(args.attributes, files) if args.attributes else None
+        inshape = images.shape[1:]
+        n_attr = 0 if attributes is None else attributes.shape[1]
+        print(f'{len(images)} images of shape {inshape}; '
+              f'{"conditional on " + str(n_attr) + " attributes" if n_attr else "unconditional"}', flush=True)
+        try:
+            model = networks.TemplateCreation(inshape, n_attributes=n_attr, int_steps=args.int_steps,
+                                              int_downsize=args.int_downsize, template_init=images.mean(0))
+        except ValueError as err:
+            fail(str(err))
+        model.compile(optimizer=keras.optimizers.Adam(args.lr),
+                      loss=[losses.MSE(image_sigma=args.image_sigma), losses.MSE(),
+                            losses.DisplacementPenalty(args.lambda_d, args.lambda_a)],
+                      loss_weights=[1.0, args.gamma, 1.0])
+        vel_shape = tuple(model.outputs[2].shape[1:])
+
+        def batches():
+            zeros = np.zeros((args.batch_size, *vel_shape), np.float32)
+            while True:
+                idx = rng.integers(0, len(images), args.batch_size)
+                x = images[idx][..., None]
+                inputs = (x, attributes[idx]) if n_attr else x
+                yield inputs, (x, zeros, zeros)
+
+        os.makedirs(args.model_dir, exist_ok=True)
+        model.fit(_dataset(batches, n_attr, inshape, vel_shape),
+                  epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, verbose=1, shuffle=False,
+                  callbacks=[keras.callbacks.TerminateOnNaN(),
+                             AtomicCheckpoint(os.path.join(args.model_dir, '{epoch:04d}.h5')),
+                             keras.callbacks.CSVLogger(os.path.join(args.model_dir, 'training_log.csv'))])
+
+        out = os.path.join(args.model_dir, 'template.npz')
+        if n_attr:
+            grid_attrs, rows, cols = _attribute_grid(args, attributes, labels)
+            temps = model.templates(grid_attrs)
+            with atomic_path(out) as tmp, open(tmp, 'wb') as f:
+                np.savez_compressed(f, templates=temps, attributes=grid_attrs)
+            _grid_png(os.path.join(args.model_dir, 'templates.png'), temps, rows, cols)
+        else:
+            template = model.templates()
+            save_volfile(out, template, overwrite=True)
+            if template.ndim == 3:
+                save_volfile(os.path.join(args.model_dir, 'template.nii.gz'), template, overwrite=True)
+            _grid_png(os.path.join(args.model_dir, 'templates.png'), template[None], [''], [''])
+        print(f'wrote {out} and {os.path.join(args.model_dir, "templates.png")}')
+        return 0
+
+    return run(body)
+
+
+def _dataset(batches, n_attr, inshape, vel_shape):
+    import tensorflow as tf
+    img = tf.TensorSpec((None, *inshape, 1), tf.float32)
+    field = tf.TensorSpec((None, *vel_shape), tf.float32)
+    inputs = (img, tf.TensorSpec((None, n_attr), tf.float32)) if n_attr else img
+    return tf.data.Dataset.from_generator(batches, output_signature=(inputs, (img, field, field))).prefetch(2)
+
+
+def _attribute_grid(args, attributes, labels):
+    """Attribute rows for the template figure: classes x scales for Fashion-MNIST, else the
+    distinct attribute rows (at most 8) of the data."""
+    import numpy as np
+    names = ['T-shirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot']
+    if args.fashion_mnist and args.condition == 'class+scale':
+        lo, hi = args.scale_range
+        scales = np.linspace(lo, hi, 5)
+        rows = []
+        for c in range(10):
+            for s in scales:
+                rows.append(np.concatenate([np.eye(10)[c], [(s - (lo + hi) / 2) / ((hi - lo) / 2)]]))
+        return np.array(rows, np.float32), names, [f'x{s:.2f}' for s in scales]
+    if args.fashion_mnist:
+        return np.eye(10, dtype=np.float32), [''], names
+    unique = np.unique(attributes, axis=0)[:8]
+    return unique, [''], [', '.join(f'{v:.2g}' for v in row) for row in unique]
+
+
+def _grid_png(path, templates, rows, cols):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..io import atomic_path
+    from ..plot import mid_slices
+    n_rows, n_cols = len(rows), len(cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.4 * n_cols + 1, 1.4 * n_rows), squeeze=False)
+    for k, t in enumerate(templates[:n_rows * n_cols]):
+        ax = axes[k // n_cols, k % n_cols]
+        img = t if t.ndim == 2 else mid_slices(t)[2]
+        ax.imshow(np.clip(img, 0, 1), cmap='gray', vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k // n_cols == 0:
+            ax.set_title(cols[k % n_cols], fontsize=8)
+        if k % n_cols == 0:
+            ax.set_ylabel(rows[k // n_cols], fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format='png')
+    plt.close(fig)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
