@@ -292,3 +292,36 @@ def test_segmentation_supervised_training(dataset, tmp_path):
     script('train.py', '--data-dir', dataset / 'train', '--atlas', 'none', '--model', 'vm1', '--seg-weight', 1.0,
            '--epochs', 3, '--steps-per-epoch', 1, '--model-dir', run, '--load-model', run / '0002.h5')
     assert os.path.exists(run / '0003.h5')
+
+
+def test_train_template_on_scans_with_attributes(dataset, tmp_path):
+    files = sorted(os.listdir(dataset / 'train'))
+    (tmp_path / 'attrs.csv').write_text('file,age\n' + ''.join(f'{f},{20 + 10 * i}\n' for i, f in enumerate(files)))
+    run = tmp_path / 'run'
+    script('train_template.py', '--data-dir', dataset / 'train', '--attributes', tmp_path / 'attrs.csv',
+           '--epochs', 1, '--steps-per-epoch', 2, '--batch-size', 2, '--model-dir', run)
+    out = np.load(run / 'template.npz')
+    assert out['templates'].shape == (4, *SHAPE) and out['attributes'].shape == (4, 1)
+    assert os.path.getsize(run / 'templates.png') > 1000
+    run2 = tmp_path / 'run2'
+    script('train_template.py', '--data-dir', dataset / 'train', '--downsize', 2, '--int-downsize', 1,
+           '--epochs', 1, '--steps-per-epoch', 1, '--batch-size', 2, '--model-dir', run2)
+    template, affine = load_volfile(run2 / 'template.nii.gz', ret_affine=True)
+    assert template.shape == (16, 16, 16)
+    (tmp_path / 'bad.csv').write_text('file,age\ns0.npz,30\n')
+    err = user_error(script('train_template.py', '--data-dir', dataset / 'train', '--attributes',
+                            tmp_path / 'bad.csv', '--model-dir', tmp_path / 'r3', check=False))
+    assert 'bad.csv: no row for s1.npz' in err
+
+
+def test_idx_reader(tmp_path):
+    import gzip
+    import struct
+    from vxm_keras.io import VolumeError, load_idx
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    with gzip.open(tmp_path / 'img.gz', 'wb') as f:
+        f.write(struct.pack('>HBB', 0, 8, 3) + struct.pack('>III', 2, 3, 4) + images.tobytes())
+    np.testing.assert_array_equal(load_idx(tmp_path / 'img.gz'), images)
+    (tmp_path / 'bad').write_bytes(b'\x00\x0d\x01\x00')
+    with pytest.raises(VolumeError, match='bad: cannot read as IDX'):
+        load_idx(tmp_path / 'bad')
