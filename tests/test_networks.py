@@ -169,3 +169,19 @@ def test_half_resolution_unet(rng):
     grid = np.meshgrid(*[np.arange(n) / 2 for n in (64, 64, 32)], indexing='ij')
     ref = np.stack([map_coordinates(flow[0, ..., d], grid, order=1, mode='nearest') * 2 for d in range(3)], -1)
     np.testing.assert_allclose(warp[0], ref, atol=1e-5)
+
+
+def test_mixed_precision_keeps_field_and_warp_float32():
+    keras.mixed_precision.set_global_policy('mixed_float16')
+    try:
+        model = networks.vm2((32, 32, 32))
+        prob = networks.vm2diff((32, 32, 32))
+    finally:
+        keras.mixed_precision.set_global_policy('float32')
+    assert model.get_layer('enc_0_conv').compute_dtype == 'float16'
+    assert [o.dtype for o in model.outputs] == ['float32', 'float32']
+    assert all(o.dtype == 'float32' for o in prob.outputs)
+    model.compile(optimizer='adam', loss=[losses.NCC(), losses.Grad()], loss_weights=[1.0, 1.0])
+    x = np.random.default_rng(0).random((1, 32, 32, 32, 1)).astype(np.float32)
+    values = model.train_on_batch([x, x], [x, np.zeros((1, 32, 32, 32, 3), np.float32)])
+    assert np.all(np.isfinite(values))

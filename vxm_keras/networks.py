@@ -148,7 +148,8 @@ class VxmDense(keras.Model):
         if int_downsize < 1 or any(n % int_downsize for n in low_shape):
             raise ValueError(f'int_downsize={int_downsize} must be >= 1 and divide the U-Net grid {low_shape}')
         features = unet_core(x, enc_nf, dec_nf)
-        flow = _conv(ndim)(ndim, kernel_size=3, padding='same', name='flow',
+        # the field stays float32 under a mixed-precision policy: warping needs the precision
+        flow = _conv(ndim)(ndim, kernel_size=3, padding='same', name='flow', dtype='float32',
                            kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1e-5))(features)
         loss_field = warp = flow
         if int_steps > 0:
@@ -160,7 +161,7 @@ class VxmDense(keras.Model):
         if up > 1:
             warp = RescaleTransform(up, name='warp')(warp)
         elif warp is not flow:
-            warp = keras.layers.Identity(name='warp')(warp)
+            warp = keras.layers.Identity(name='warp', dtype='float32')(warp)
         moved = SpatialTransformer(interp_method='linear', indexing=indexing, name='transformer')([moving, warp])
         super().__init__(inputs=[moving, fixed], outputs=[moved, loss_field], name=name, **kwargs)
         self.inshape = inshape
@@ -217,12 +218,12 @@ class VxmDenseProb(keras.Model):
         ndim = len(inshape)
         conv = _conv(ndim)
         features = unet_core(x, enc_nf, dec_nf, full_size=False)
-        mean = conv(ndim, kernel_size=3, padding='same', name='flow_mean',
+        mean = conv(ndim, kernel_size=3, padding='same', name='flow_mean', dtype='float32',
                     kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(features)
-        log_sigma = conv(ndim, kernel_size=3, padding='same', name='flow_log_sigma',
+        log_sigma = conv(ndim, kernel_size=3, padding='same', name='flow_log_sigma', dtype='float32',
                          kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-10),
                          bias_initializer=keras.initializers.Constant(-10.0))(features)
-        params = keras.layers.Concatenate(name='flow_params')([mean, log_sigma])
+        params = keras.layers.Concatenate(name='flow_params', dtype='float32')([mean, log_sigma])
         vel = SampleNormal(name='velocity')([mean, log_sigma])
         factor = 2 * unet_downsize
         warp = VecInt(int_steps=int_steps, indexing=indexing, name='vecint')(vel)
@@ -230,7 +231,7 @@ class VxmDenseProb(keras.Model):
         moved = SpatialTransformer(indexing=indexing, name='transformer')([moving, warp])
         outputs = [moved, params]
         if bidir:
-            inv = keras.layers.Rescaling(-1.0, name='velocity_neg')(vel)
+            inv = keras.layers.Rescaling(-1.0, name='velocity_neg', dtype='float32')(vel)
             inv = VecInt(int_steps=int_steps, indexing=indexing, name='vecint_inv')(inv)
             inv = RescaleTransform(factor, name='inv_warp')(inv)
             fixed_moved = SpatialTransformer(indexing=indexing, name='transformer_inv')([fixed, inv])
@@ -262,7 +263,7 @@ class VxmDenseProb(keras.Model):
             if self.bidir:
                 outputs.append(self.get_layer('inv_warp').output)
             else:
-                neg = keras.layers.Rescaling(-1.0)(self.get_layer('velocity').output)
+                neg = keras.layers.Rescaling(-1.0, dtype='float32')(self.get_layer('velocity').output)
                 neg = VecInt(int_steps=self.int_steps, indexing=self.indexing)(neg)
                 outputs.append(RescaleTransform(2 * self.unet_downsize)(neg))
         return keras.Model(self.inputs, outputs, name=self.name + '_warp')
@@ -308,17 +309,17 @@ class TemplateCreation(keras.Model):
             for i in range(3):
                 y = _upsample(ndim)(name=f'cond_up_{i}')(y)
                 y = conv_block(y, cond_nf, name=f'cond_{i}')
-            delta = conv(1, kernel_size=3, padding='same', name='cond_template',
+            delta = conv(1, kernel_size=3, padding='same', name='cond_template', dtype='float32',
                          kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(y)
-            template = keras.layers.Add(name='conditional_template')([template, delta])
+            template = keras.layers.Add(name='conditional_template', dtype='float32')([template, delta])
         x = keras.layers.Concatenate(name='template_image')([template, image])
         features = unet_core(x, enc_nf, dec_nf)
-        flow = conv(ndim, kernel_size=3, padding='same', name='flow',
+        flow = conv(ndim, kernel_size=3, padding='same', name='flow', dtype='float32',
                     kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5))(features)
         vel = RescaleTransform(1.0 / int_downsize, name='velocity')(flow) if int_downsize > 1 else flow
         warp = VecInt(int_steps=int_steps, name='vecint')(vel)
         warp = RescaleTransform(int_downsize, name='warp')(warp) if int_downsize > 1 \
-            else keras.layers.Identity(name='warp')(warp)
+            else keras.layers.Identity(name='warp', dtype='float32')(warp)
         warped = SpatialTransformer(name='transformer')([template, warp])
         mean_vel = MeanStream(cap=mean_cap, name='mean_velocity')(vel)
         super().__init__(inputs=inputs, outputs=[warped, mean_vel, vel], name=name, **kwargs)

@@ -56,6 +56,8 @@ def build_parser():
                    help="weight of the auxiliary Dice loss on the scans' 'seg' maps (TMI 2019); 0 = off")
     p.add_argument('--seg-labels', dest='seg_labels', type=int, nargs='+', default=None,
                    help='labels of that Dice loss (default: the 30 structures, or the atlas seg labels)')
+    p.add_argument('--mixed-precision', dest='mixed_precision', action='store_true',
+                   help='GPU: float16 convolutions (the field, the warp and the losses stay float32)')
     p.add_argument('--tensorboard', action='store_true', help='also log to <model-dir>/tensorboard')
     return p
 
@@ -173,6 +175,8 @@ def main(argv=None):
         if args.seed is not None:
             keras.utils.set_random_seed(args.seed)
             tf.config.experimental.enable_op_determinism()
+        if args.mixed_precision:
+            keras.mixed_precision.set_global_policy('mixed_float16')
         files = generators.list_volumes(args.data_dir, args.train_list)
         atlas = None
         if args.atlas.lower() != 'none':
