@@ -37,7 +37,8 @@ def build_parser():
     p.add_argument('--epochs', type=int, default=1500)
     p.add_argument('--steps-per-epoch', '--steps_per_epoch', dest='steps_per_epoch', type=int, default=100)
     p.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=1)
-    p.add_argument('--model-dir', '--model_dir', dest='model_dir', default='models/run')
+    p.add_argument('--model-dir', '--model_dir', dest='model_dir', default='runs/train',
+                   help='where checkpoints and the log go (default runs/train)')
     p.add_argument('--load-model', '--load_model_file', dest='load_model', default=None,
                    help='resume from this .h5')
     p.add_argument('--initial-epoch', '--initial_epoch', dest='initial_epoch', type=int, default=None)
