@@ -146,7 +146,16 @@ def test_register_bad_inputs(dataset, tmp_path):
         (['--moving', tmp_path / 'trunc.nii.gz'], 'trunc.nii.gz: cannot read'),
         (['--moving', atlas, '--model', tmp_path / 'nomodel.h5'], 'nomodel.h5: model file not found'),
         (['--moving', atlas, '--moved', tmp_path / 'nodir' / 'x.npz'], 'does not exist'),
+        (['--moving', tmp_path / 'scan.txt'], 'scan.txt: unknown volume format'),
+        (['--moving', tmp_path / 'empty.nii.gz'], 'empty.nii.gz: file is empty'),
+        (['--moving', atlas, '--model', tmp_path / 'notamodel.h5'], 'notamodel.h5: cannot be loaded'),
+        (['--moving', atlas, '--model', tmp_path / 'model2d.h5'], 'a 3-D scan, but the model registers 2-D'),
     ]
+    (tmp_path / 'scan.txt').write_text('not a scan')
+    (tmp_path / 'empty.nii.gz').write_bytes(b'')
+    (tmp_path / 'notamodel.h5').write_bytes(b'\x89HDF\r\n junk')
+    import vxm_keras
+    vxm_keras.save_model(vxm_keras.vm1((32, 32)), tmp_path / 'model2d.h5')
     for extra, message in cases:
         args = ['--fixed', atlas, '--model', model, '--moved', tmp_path / 'o.npz'] + extra
         err = user_error(script('register.py', *args, check=False))

@@ -59,10 +59,10 @@ def progress(items, desc=''):
 
 def run(main):
     """Run ``main()``; map user-facing exceptions to one-line errors with exit code 2."""
-    from .io import VolumeError
+    from .io import InputFileError
     try:
         return main()
-    except (UserError, VolumeError, FileNotFoundError, FileExistsError) as err:
+    except (UserError, InputFileError, FileNotFoundError, FileExistsError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)

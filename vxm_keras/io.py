@@ -21,8 +21,16 @@ EXTENSIONS = ('.npz', '.npy', '.nii', '.nii.gz', '.mgz')
 DEFAULT_NPZ_KEYS = ('vol', 'vol_data')
 
 
-class VolumeError(ValueError):
+class InputFileError(ValueError):
+    """An input file that cannot be used: the message names the file and the problem."""
+
+
+class VolumeError(InputFileError):
     """A volume file that cannot be used: the message names the file and the problem."""
+
+
+class ModelFileError(InputFileError):
+    """A model file that cannot be loaded: the message names the file and the problem."""
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import h5py
 import keras
 import numpy as np
 
-from .io import atomic_path
+from .io import ModelFileError, atomic_path
 from .layers import (LearnedTemplate, MeanStream, OneHot, RescaleTransform, SampleNormal, SpatialTransformer,
                      VecInt)
 
@@ -451,7 +451,7 @@ def load_model(path, compile=False):
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a readable vxm_keras model.
+        ModelFileError: (a ``ValueError``) the file is not a readable vxm_keras model.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -474,7 +474,7 @@ def load_model(path, compile=False):
             raise ValueError('model files must end in .h5, .weights.h5 or .keras')
         return keras.models.load_model(path, compile=compile)
     except (OSError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f'{path}: cannot be loaded as a vxm_keras model: {err}') from err
+        raise ModelFileError(f'{path}: cannot be loaded as a vxm_keras model: {err}') from err
 
 
 def count_params(model):
