@@ -207,6 +207,10 @@ def main(argv=None):
                 if tuple(model.inputs[0].shape[1:-1]) != tuple(inshape):
                     fail(f'{args.load_model}: model input {tuple(model.inputs[0].shape[1:-1])} '
                          f'does not match the data {tuple(inshape)}')
+                # the file decides the architecture, and with it the losses
+                args.model = 'vm2diff' if isinstance(model, networks.VxmDenseProb) else args.model
+                if args.model == 'vm2diff' and not isinstance(model, networks.VxmDenseProb):
+                    fail(f'{args.load_model}: not a vm2diff model')
             else:
                 try:
                     if args.model == 'vm2diff':
@@ -268,7 +272,7 @@ def main(argv=None):
                             args.steps_per_epoch, initial_epoch, callbacks, verbose=1 if is_chief else 0)
         else:
             trained.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
+                        initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
         if trained.stop_training and not all(np.isfinite(w).all() for w in model.get_weights()):
             fail('training stopped: the loss became NaN; the last good checkpoint is kept')
         return 0
