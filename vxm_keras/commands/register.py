@@ -75,12 +75,14 @@ def _load_seg(path):
 class Registrar:
     """A loaded model and fixed scan; registers moving arrays of the model's shape."""
 
-    def __init__(self, model_path, fixed_path):
+    def __init__(self, model_path, fixed_path, fixed=None, fixed_affine=None):
         import numpy as np
 
         from .. import networks
         from ..io import load_volfile
-        self.fixed, self.fixed_affine = load_volfile(fixed_path, ret_affine=True, check_finite=True)
+        if fixed is None:
+            fixed, fixed_affine = load_volfile(fixed_path, ret_affine=True, check_finite=True)
+        self.fixed, self.fixed_affine = fixed, fixed_affine
         self.fixed_path = fixed_path
         model = networks.load_model(model_path)
         self.inshape = tuple(model.inputs[0].shape[1:-1])
@@ -157,7 +159,7 @@ def _single(args):
 
     t0 = time.perf_counter()
     moving, affine = load_volfile(args.moving, ret_affine=True, check_finite=True)
-    fixed = load_volfile(args.fixed, check_finite=True)
+    fixed, fixed_affine = load_volfile(args.fixed, ret_affine=True, check_finite=True)
     if moving.ndim not in (2, 3):
         fail(f'{args.moving}: expected a 2-D or 3-D scan, got shape {moving.shape}')
     if moving.shape != fixed.shape:
@@ -173,7 +175,7 @@ def _single(args):
             fixed_seg = None
     _warn_range(args.moving, moving)
     _warn_range(args.fixed, fixed)
-    reg = Registrar(args.model, args.fixed)
+    reg = Registrar(args.model, args.fixed, fixed, fixed_affine)
     reg.check(args.moving, moving)
     t_load = time.perf_counter() - t0
 
