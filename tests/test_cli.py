@@ -317,6 +317,8 @@ def test_train_template_on_scans_with_attributes(dataset, tmp_path):
            '--epochs', 1, '--steps-per-epoch', 1, '--batch-size', 2, '--model-dir', run2)
     template, affine = load_volfile(run2 / 'template.nii.gz', ret_affine=True)
     assert template.shape == (16, 16, 16)
+    template_seg = load_volfile(run2 / 'template.npz', key='seg')
+    assert template_seg.shape == (16, 16, 16) and set(np.unique(template_seg)) <= {0, 17}
     (tmp_path / 'bad.csv').write_text('file,age\ns0.npz,30\n')
     err = user_error(script('train_template.py', '--data-dir', dataset / 'train', '--attributes',
                             tmp_path / 'bad.csv', '--model-dir', tmp_path / 'r3', check=False))

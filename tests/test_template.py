@@ -79,3 +79,34 @@ def test_conditional_templates_follow_the_attribute():
     small, large = model.templates(np.array([[-1.0], [1.0]]))
     area = [np.sum(t > 0.5) for t in (small, large)]
     assert area[1] > 1.5 * area[0], area
+
+
+def test_majority_vote_by_hand():
+    from vxm_keras.templates import majority_vote
+    segs = np.array([[[1, 2], [0, 3]], [[1, 2], [3, 3]], [[2, 0], [3, 0]]])
+    np.testing.assert_array_equal(majority_vote(segs), [[1, 2], [3, 3]])
+    # ties go to the smaller label
+    np.testing.assert_array_equal(majority_vote(np.array([[5], [4]])), [4])
+
+
+def test_template_segmentation_of_shifted_labels(shifted_set):
+    """Labels of shifted copies, brought into template space, agree with the template's shape."""
+    from vxm_keras.metrics import dice
+    from vxm_keras.templates import template_segmentation
+    keras.utils.set_random_seed(3)
+    imgs = shifted_set
+    model = compiled(TemplateCreation((S, S), template_init=imgs.mean(0)[..., 0], int_downsize=1))
+    zeros = np.zeros((len(imgs), S, S, 2), np.float32)
+    model.fit(imgs, [imgs, zeros, zeros], batch_size=8, epochs=40, verbose=0)
+    segs = (imgs[..., 0] > 0.5).astype(np.int32) * 7
+    seg = template_segmentation(model, imgs[..., 0], segs, batch_size=16)
+    template_shape = (model.templates() > 0.5).astype(np.int32) * 7
+    # the warped labels line up with the learned template's shape
+    assert dice(seg, template_shape, [7])[1][0] > 0.9
+    # each inverse warp brings its own image onto the template
+    _, _, inverse = model.warp_model(inverse=True).predict(imgs, verbose=0)
+    from vxm_keras.layers import SpatialTransformer
+    to_template = SpatialTransformer()([imgs, inverse]).numpy()[..., 0]
+    err_registered = np.abs(to_template - model.templates()).mean()
+    err_raw = np.abs(imgs[..., 0] - model.templates()).mean()
+    assert err_registered < 0.6 * err_raw, (err_registered, err_raw)

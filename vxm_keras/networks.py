@@ -351,10 +351,20 @@ class TemplateCreation(keras.Model):
         dummy = np.zeros((len(attributes), *self.inshape, 1), np.float32)
         return sub.predict([dummy, attributes], verbose=0)[..., 0]
 
-    def warp_model(self):
+    def warp_model(self, inverse=False):
         """Model ``inputs -> [warped_template, warp]``: the template registered to the image;
-        ``warp`` ``(batch, *inshape, ndim)`` maps image voxels into the template."""
-        return keras.Model(self.inputs, [self.outputs[0], self.get_layer('warp').output])
+        ``warp`` ``(batch, *inshape, ndim)`` maps image voxels into the template. With
+        ``inverse=True`` a third output maps template voxels into the image (integrated
+        negative velocity): warping an image or its labels by it brings them to template space."""
+        outputs = [self.outputs[0], self.get_layer('warp').output]
+        if inverse:
+            vel = self.get_layer('velocity').output if self.int_downsize > 1 else self.get_layer('flow').output
+            neg = keras.layers.Rescaling(-1.0, dtype='float32')(vel)
+            neg = VecInt(int_steps=self.int_steps)(neg)
+            if self.int_downsize > 1:
+                neg = RescaleTransform(self.int_downsize)(neg)
+            outputs.append(neg)
+        return keras.Model(self.inputs, outputs)
 
 
 def seg_supervised(model, labels):

@@ -112,7 +112,7 @@ def main(argv=None):
 
         from .. import generators, losses, networks
         from ..callbacks import AtomicCheckpoint
-        from ..io import atomic_path, save_volfile
+        from ..io import atomic_path, load_volfile, save_volfile
 
         if args.seed is not None:
             keras.utils.set_random_seed(args.seed)
@@ -171,7 +171,17 @@ def main(argv=None):
             _grid_png(os.path.join(args.model_dir, 'templates.png'), temps, rows, cols)
         else:
             template = model.templates()
-            save_volfile(out, template, overwrite=True)
+            extra = None
+            if not args.fashion_mnist and _has_segs(files):
+                from ..templates import template_segmentation
+                segs = np.stack([load_volfile(f, key='seg') for f in files])
+                if args.downsize > 1:
+                    # the voxel nearest each averaged block's centre
+                    d = args.downsize
+                    segs = segs[(slice(None),) + tuple(slice(d // 2, None, d) for _ in inshape)]
+                extra = {'seg': template_segmentation(model, images, segs)}
+                print('template seg: the training scans\' labels warped to the template, per-voxel majority')
+            save_volfile(out, template, overwrite=True, extra=extra)
             if template.ndim == 3:
                 save_volfile(os.path.join(args.model_dir, 'template.nii.gz'), template, overwrite=True)
             _grid_png(os.path.join(args.model_dir, 'templates.png'), template[None], [''], [''])
@@ -179,6 +189,18 @@ def main(argv=None):
         return 0
 
     return run(body)
+
+
+def _has_segs(files):
+    import numpy as np
+    for f in files:
+        try:
+            with np.load(f) as npz:
+                if 'seg' not in npz.files:
+                    return False
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 def _dataset(batches, n_attr, inshape, vel_shape):
