@@ -336,3 +336,45 @@ def test_idx_reader(tmp_path):
     (tmp_path / 'bad').write_bytes(b'\x00\x0d\x01\x00')
     with pytest.raises(VolumeError, match='bad: cannot read as IDX'):
         load_idx(tmp_path / 'bad')
+
+
+def test_nan_loss_stops_training_keeping_good_checkpoints(dataset, tmp_path):
+    run = tmp_path / 'run'
+    import shutil
+    run.mkdir()
+    shutil.copy(dataset / 'run' / '0002.h5', run / '0002.h5')
+    # an absurd learning rate blows the field up to Inf within a few steps
+    proc = script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--lr', 1e30,
+                  '--epochs', 6, '--steps-per-epoch', 3, '--model-dir', run, '--load-model', run / '0002.h5',
+                  check=False)
+    err = user_error(proc)
+    assert 'loss became NaN or Inf' in err and 'last good checkpoint' in err
+    import vxm_keras
+    for name in sorted(p for p in os.listdir(run) if p.endswith('.h5')):
+        weights = vxm_keras.load_model(run / name).get_weights()
+        assert all(np.isfinite(w).all() for w in weights), name
+
+
+def test_evaluate_and_prepare_bad_inputs(dataset, tmp_path):
+    model = dataset / 'run' / '0002.h5'
+    save_volfile(tmp_path / 'noseg.npz', np.zeros(SHAPE, np.float32))
+    (tmp_path / 'list.txt').write_text(f'{dataset / "train" / "s0.npz"}\n{tmp_path / "noseg.npz"}\n')
+    err = user_error(script('test.py', '--model', model, '--test-list', tmp_path / 'list.txt', '--atlas', 'none',
+                            check=False))
+    assert "noseg.npz: no key 'seg'" in err
+    (tmp_path / 'list2.txt').write_text(f'{tmp_path / "gone.npz"}\n')
+    err = user_error(script('test.py', '--model', model, '--test-list', tmp_path / 'list2.txt', check=False))
+    assert 'gone.npz: file not found' in err
+    err = user_error(script('test.py', '--model', tmp_path / 'nomodel.h5', '--data-dir', dataset / 'train',
+                            check=False))
+    assert 'nomodel.h5' in err
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    subject = tmp_path / 'fs' / 'sub-x'
+    subject.mkdir(parents=True)
+    (subject / 'brainmask.mgz').write_bytes(b'')
+    for args, message in [([tmp_path / 'nowhere', tmp_path / 'out'], 'nowhere: not found'),
+                          ([subject, tmp_path / 'x.npz'], 'no aseg.mgz'),
+                          ([tmp_path / 'noseg.npz', tmp_path / 'y.npz'], 'noseg.npz: no voxel-to-world affine')]:
+        proc = subprocess.run([sys.executable, '-m', 'vxm_keras.prepare', *map(str, args)], env=env,
+                              capture_output=True, text=True)
+        assert message in user_error(proc), proc.stderr

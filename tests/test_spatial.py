@@ -155,3 +155,16 @@ def test_transformer_rejects_mismatched_shapes():
         SpatialTransformer()([tf.zeros((1, 8, 8, 1)), tf.zeros((1, 8, 6, 2))])
     with pytest.raises(ValueError, match='components'):
         SpatialTransformer()([tf.zeros((1, 8, 8, 1)), tf.zeros((1, 8, 8, 3))])
+
+
+def test_nan_displacement_gives_nan_not_a_crash(rng):
+    shape = (8, 9, 7)
+    vol = rng.random(shape + (1,)).astype(np.float32)
+    disp = np.zeros(shape + (3,), np.float32)
+    disp[2, 3, 4, 1] = np.nan
+    disp[5, 5, 5, 0] = np.inf
+    for method in ('linear', 'nearest'):
+        out = run(SpatialTransformer(method), vol, disp)
+        assert np.isnan(out[2, 3, 4, 0]) and np.isnan(out).sum() == 1
+        assert out[5, 5, 5, 0] == vol[-1, 5, 5, 0]  # +Inf clamps to the edge
+        np.testing.assert_array_equal(out[0], vol[0])

@@ -101,6 +101,9 @@ def prepare_volume(image, seg=None, xfm=None):
     vol, affine = load_volfile(image, ret_affine=True, ndim=3, check_finite=True)
     if vol.ndim != 3:
         raise VolumeError(f'{image}: expected a single 3-D volume, got shape {vol.shape}')
+    if affine is None:
+        raise VolumeError(f'{image}: no voxel-to-world affine (give a NIfTI or MGZ image, or an .npz '
+                          "with an 'affine' key)")
     world = np.eye(4) if xfm is None else read_xfm(xfm)
     out = {'vol': normalise(resample(vol.astype(np.float32), affine, world, order=1)),
            'affine': TARGET_AFFINE.copy()}

@@ -75,6 +75,13 @@ def interpn(vol, loc, interp_method='linear', fill_value=None):
     batch_offset = tf.reshape(tf.range(batch) * nvox, [-1] + [1] * (out_rank - 1))
     max_loc = [float(n - 1) for n in volshape]
     comps = tf.unstack(loc, axis=-1)
+    # a NaN location would become an out-of-range index (a crash on CPU): sample at 0
+    # instead and return NaN there, so a diverging field still shows up in the loss
+    nan = None
+    for d in range(ndim):
+        is_nan = tf.math.is_nan(comps[d])
+        nan = is_nan if nan is None else tf.logical_or(nan, is_nan)
+        comps[d] = tf.where(is_nan, tf.zeros_like(comps[d]), comps[d])
 
     if interp_method == 'nearest':
         idx = batch_offset
@@ -105,6 +112,7 @@ def interpn(vol, loc, interp_method='linear', fill_value=None):
             term = tf.expand_dims(weight, -1) * tf.gather(flat, idx)
             out = term if out is None else out + term
 
+    out = tf.where(tf.expand_dims(nan, -1), tf.constant(float('nan'), out.dtype), out)
     if fill_value is not None:
         outside = None
         for d in range(ndim):

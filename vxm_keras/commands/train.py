@@ -273,8 +273,11 @@ def main(argv=None):
         else:
             trained.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                         initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
-        if trained.stop_training and not all(np.isfinite(w).all() for w in model.get_weights()):
-            fail('training stopped: the loss became NaN; the last good checkpoint is kept')
+        if trained.stop_training:  # only TerminateOnNaN stops a run early
+            good = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r'\d{4}\.h5', f))
+            fail('training stopped: the loss became NaN or Inf; '
+                 + (f'the last good checkpoint is {os.path.join(out_dir, good[-1])}' if good
+                    else 'no checkpoint was written'))
         return 0
 
     return run(body)
