@@ -110,3 +110,74 @@ def test_template_segmentation_of_shifted_labels(shifted_set):
     err_registered = np.abs(to_template - model.templates()).mean()
     err_raw = np.abs(imgs[..., 0] - model.templates()).mean()
     assert err_registered < 0.6 * err_raw, (err_registered, err_raw)
+
+
+def test_downsize_helpers_match_brute_force():
+    from vxm_keras.templates import downsize_images, downsize_labels
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 4, 6, 8))
+    segs = rng.integers(0, 9, (2, 4, 6, 8))
+    small, labs = downsize_images(images, 2), downsize_labels(segs, 2)
+    assert small.shape == labs.shape == (2, 2, 3, 4)
+    for n, i, j, k in np.ndindex(*small.shape):
+        block = images[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, 2 * k:2 * k + 2]
+        assert small[n, i, j, k] == pytest.approx(block.mean())
+        assert labs[n, i, j, k] == segs[n, 2 * i + 1, 2 * j + 1, 2 * k + 1]
+    with pytest.raises(ValueError, match='does not divide'):
+        downsize_images(rng.random((1, 5, 6)), 2)
+
+
+def test_test_py_scores_a_learned_template(tmp_path):
+    """test.py on a template model: the template's labels, moved by the registration (here a
+    known 2-voxel shift set through the flow bias), scored against downsized test labels."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from vxm_keras.io import save_volfile
+    from vxm_keras.metrics import dice
+    from vxm_keras.templates import downsize_labels
+
+    shape, small = (32, 32, 32), (16, 16, 16)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in small], indexing='ij'), -1)
+    tseg = np.zeros(small, np.int32)
+    tseg[np.linalg.norm(grid - [7, 8, 8], axis=-1) < 4] = 17
+    tseg[np.linalg.norm(grid - [8, 8, 4], axis=-1) < 2.5] = 2
+    model = TemplateCreation(small, int_downsize=2, template_init=tseg.astype(np.float32))
+    flow = model.get_layer('flow')
+    kernel, bias = flow.get_weights()
+    flow.set_weights([np.zeros_like(kernel), np.array([2.0, 0.0, 0.0], np.float32)])
+    vxm_keras.save_model(model, str(tmp_path / 'template_model.h5'))
+    save_volfile(str(tmp_path / 'template.npz'), tseg.astype(np.float32), extra={'seg': tseg})
+
+    rng = np.random.default_rng(1)
+    files = []
+    for n, centre in enumerate([(18, 16, 16), (14, 17, 15)]):
+        big = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing='ij'), -1)
+        seg = np.zeros(shape, np.int32)
+        seg[np.linalg.norm(big - centre, axis=-1) < 8] = 17
+        seg[np.linalg.norm(big - [16, 16, 8], axis=-1) < 5] = 2
+        path = tmp_path / f's{n}.npz'
+        save_volfile(str(path), rng.random(shape).astype(np.float32), extra={'seg': seg})
+        files.append(path)
+    (tmp_path / 'test.txt').write_text('\n'.join(map(str, files)))
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, 'test.py'), '--model', tmp_path / 'template_model.h5',
+                           '--test-list', tmp_path / 'test.txt', '--out-dir', tmp_path / 'eval'],
+                          capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / 'eval' / 'dice.csv') as f:
+        rows = list(csv.DictReader(f))
+    # moved(x) = template_seg(x + (2, 0, 0)): a shift of the array by two voxels along axis 0
+    shifted = np.zeros_like(tseg)
+    shifted[:-2] = tseg[2:]
+    for n, path in enumerate(files):
+        seg = downsize_labels(np.load(path)['seg'][None], 2)[0]
+        for method, moved in (('affine', tseg), ('model', shifted)):
+            for lab in (2, 17):
+                got = [float(r['dice']) for r in rows if r['pair'] == f'template->s{n}'
+                       and r['method'] == method and int(r['label']) == lab]
+                assert got == [pytest.approx(dice(moved, seg, [lab])[1][0], abs=1e-9)], (method, lab)
+    assert 'tissue classes (template labels warped to each test scan)' in proc.stdout

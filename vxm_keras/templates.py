@@ -38,3 +38,52 @@ def template_segmentation(model, images, segs, attributes=None, batch_size=1):
         seg = np.asarray(segs[start:start + batch_size], np.float32)[..., None]
         warped.append(np.rint(np.asarray(nn.predict_on_batch([seg, inverse]))[..., 0]).astype(np.int32))
     return majority_vote(np.concatenate(warped))
+
+
+def downsize_images(images, factor):
+    """Block-average ``(n, *spatial)`` images by an integer ``factor`` per axis (the
+    resolution ``train_template.py --downsize`` trains at). ``factor`` must divide every axis."""
+    images = np.asarray(images)
+    if factor == 1:
+        return images
+    n, *shape = images.shape
+    if any(s % factor for s in shape):
+        raise ValueError(f'downsize factor {factor} does not divide the shape {tuple(shape)}')
+    blocks = images.reshape(n, *[v for s in shape for v in (s // factor, factor)])
+    return blocks.mean(axis=tuple(range(2, 2 + 2 * len(shape), 2)))
+
+
+def downsize_labels(segs, factor):
+    """Subsample ``(n, *spatial)`` label maps to the grid of :func:`downsize_images`: the voxel
+    nearest each block's centre (labels cannot be averaged)."""
+    segs = np.asarray(segs)
+    return segs[(slice(None),) + tuple(slice(factor // 2, None, factor) for _ in segs.shape[1:])]
+
+
+def template_to_subjects(model, template_seg, images, attributes=None, batch_size=1):
+    """Atlas-based segmentation with a learned template: the template's labels warped onto
+    each image by the template-to-image registration (nearest neighbour).
+
+    Args:
+        model: a trained :class:`~vxm_keras.networks.TemplateCreation`.
+        template_seg: ``(*spatial)`` int label map of the template.
+        images: ``(n, *spatial)`` images on the model's grid.
+        attributes: ``(n, n_attributes)`` for a conditional model.
+
+    Returns:
+        ``(segs, warps)``: ``(n, *spatial)`` int32 labels in each image's space and the
+        displacements ``(n, *spatial, ndim)`` (voxel units, ``ij``) that produced them.
+    """
+    from .networks import nn_transformer
+    net = model.warp_model()
+    nn = nn_transformer(images.shape[1:])
+    seg = np.asarray(template_seg, np.float32)[None, ..., None]
+    segs, warps = [], []
+    for start in range(0, len(images), batch_size):
+        x = np.asarray(images[start:start + batch_size], np.float32)[..., None]
+        inputs = [x, np.asarray(attributes[start:start + batch_size], np.float32)] if attributes is not None else x
+        warp = np.asarray(net.predict_on_batch(inputs)[1])
+        moved = nn.predict_on_batch([np.repeat(seg, len(x), axis=0), warp])
+        segs.append(np.rint(np.asarray(moved)[..., 0]).astype(np.int32))
+        warps.append(warp)
+    return np.concatenate(segs), np.concatenate(warps)

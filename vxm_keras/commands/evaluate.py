@@ -8,6 +8,11 @@ Test scans are prepared ``.npz`` files with ``vol`` and ``seg`` (aseg labels).
 * ``--atlas none``: every ordered pair of test scans (moving -> fixed); Dice of
   the warped moving ``seg`` with the fixed ``seg`` on the papers' 30
   structures (those present in both).
+* a learned template (a ``train_template.py`` model): the template's ``seg``
+  (``--template``) is warped onto each test scan by the template-to-scan
+  registration and scored against the scan's ``seg`` (30 structures, and
+  tissue classes); scans larger than the template's grid are block-averaged
+  to it (labels: the voxel nearest each block's centre), as in training.
 * with an atlas (default ``data/atlas.npz``): each scan is registered to the
   atlas. Reported are (1) Dice in atlas space between the warped ``seg`` of
   every pair of test scans, on the 30 structures (how well the model brings
@@ -43,6 +48,9 @@ def build_parser():
                    help="atlas .npz (vol, seg), or 'none' for scan-to-scan pairs")
     p.add_argument('--labels', type=int, nargs='+', default=None,
                    help='labels to score (default: the 30 structures of the papers)')
+    p.add_argument('--template', default=None,
+                   help="learned-template models (train_template.py): the template .npz with its 'seg' "
+                        '(default template.npz beside the model)')
     p.add_argument('--out-dir', dest='out_dir', default=None, help='where to write dice.csv and the plots')
     p.add_argument('--overwrite', action='store_true')
     p.add_argument('--gpu', default=None)
@@ -71,7 +79,7 @@ def main(argv=None):
         from .. import networks
         from ..generators import list_volumes
         from ..io import load_volfile
-        from ..metrics import PAPER_LABELS, dice, folding_fraction
+        from ..metrics import PAPER_LABELS, folding_fraction
 
         files = list_volumes(args.data_dir, args.test_list)
         scans = []
@@ -81,20 +89,22 @@ def main(argv=None):
             if seg.shape != vol.shape:
                 fail(f'{f}: seg shape {seg.shape} differs from vol {vol.shape}')
             scans.append((os.path.splitext(os.path.basename(f))[0], vol.astype(np.float32), seg.astype(np.int32)))
+        model = networks.load_model(args.model)
+        inshape = tuple(model.inputs[0].shape[1:-1])
+        labels = list(args.labels or PAPER_LABELS)
+        if isinstance(model, networks.TemplateCreation):
+            return _evaluate_template(args, model, inshape, scans, labels)
         atlas_mode = args.atlas.lower() != 'none'
         if atlas_mode:
             atlas = load_volfile(args.atlas, check_finite=True).astype(np.float32)
             atlas_seg = load_volfile(args.atlas, key='seg').astype(np.int32)
         elif len(scans) < 2:
             fail('scan-to-scan evaluation needs at least 2 test scans')
-        model = networks.load_model(args.model)
-        inshape = tuple(model.inputs[0].shape[1:-1])
         for name, vol, _ in scans:
             if vol.shape != inshape:
                 fail(f'{name}: shape {vol.shape}, the model takes {inshape}')
         net = model.warp_model() if hasattr(model, 'warp_model') else model
         nn = networks.nn_transformer(inshape)
-        labels = list(args.labels or PAPER_LABELS)
 
         def register(moving, fixed, seg):
             t = time.perf_counter()
@@ -105,13 +115,6 @@ def main(argv=None):
 
         rows, folding, seconds = [], [], []
 
-        def score(pair, method, seg_a, seg_b, labs):
-            present = [lab for lab in labs if np.any(seg_a == lab) and np.any(seg_b == lab)] \
-                if method == 'affine' else labs
-            labs_out, d = dice(seg_a, seg_b, labels=present)
-            rows.extend({'pair': pair, 'method': method, 'label': int(lab), 'dice': float(v)}
-                        for lab, v in zip(labs_out, d))
-
         if atlas_mode:
             warped = {}
             for name, vol, seg in scans:
@@ -120,22 +123,23 @@ def main(argv=None):
                 folding.append(folding_fraction(warp))
                 warped[name] = (seg, moved_seg)
                 tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
-                score(f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, tissue_labels)
-                score(f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, tissue_labels)
+                _score(rows, f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, tissue_labels)
+                _score(rows, f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, tissue_labels)
             for a, b in itertools.combinations(warped, 2):
                 common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
-                score(f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)
-                score(f'{a}~{b} (atlas space)', 'model', warped[a][1], warped[b][1], common)
+                _score(rows, f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)
+                _score(rows, f'{a}~{b} (atlas space)', 'model', warped[a][1], warped[b][1], common)
         else:
             for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
                 common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
                 moved_seg, warp, sec = register(va, vb, sa)
                 seconds.append(sec)
                 folding.append(folding_fraction(warp))
-                score(f'{na}->{nb}', 'affine', sa, sb, common)
-                score(f'{na}->{nb}', 'model', moved_seg, sb, common)
+                _score(rows, f'{na}->{nb}', 'affine', sa, sb, common)
+                _score(rows, f'{na}->{nb}', 'model', moved_seg, sb, common)
 
-        report = _report(rows, labels, folding, seconds, atlas_mode, args.model)
+        title = '30 structures' + (' (atlas space, pairs of test scans)' if atlas_mode else '')
+        report = _report(rows, labels, folding, seconds, title, args.model)
         print(report)
         if args.out_dir:
             _write_outputs(args.out_dir, rows, report, labels)
@@ -144,14 +148,71 @@ def main(argv=None):
     return run(body)
 
 
-def _report(rows, labels, folding, seconds, atlas_mode, model_path):
+def _score(rows, pair, method, seg_a, seg_b, labels):
+    """Append one Dice row per label; the affine baseline scores the labels present in both
+    maps, the model is scored on the same labels as the baseline (``labels`` given)."""
+    import numpy as np
+
+    from ..metrics import dice
+    present = [lab for lab in labels if np.any(seg_a == lab) and np.any(seg_b == lab)] \
+        if method == 'affine' else labels
+    labs_out, d = dice(seg_a, seg_b, labels=present)
+    rows.extend({'pair': pair, 'method': method, 'label': int(lab), 'dice': float(v)}
+                for lab, v in zip(labs_out, d))
+
+
+def _evaluate_template(args, model, inshape, scans, labels):
+    """Dice of a learned template's labels warped onto each test scan (template mode)."""
+    import numpy as np
+
+    from ..io import load_volfile
+    from ..metrics import folding_fraction
+    from ..templates import downsize_images, downsize_labels, template_to_subjects
+
+    if model.n_attributes:
+        fail(f'{args.model}: a conditional template; evaluate it from Python with '
+             'vxm_keras.templates.template_to_subjects(model, seg, images, attributes)')
+    template_path = args.template or os.path.join(os.path.dirname(os.path.abspath(args.model)), 'template.npz')
+    if not os.path.isfile(template_path):
+        fail(f'{template_path}: no template file (pass --template, the template.npz of train_template.py)')
+    tseg = load_volfile(template_path, key='seg').astype(np.int32)
+    if tseg.shape != inshape:
+        fail(f'{template_path}: seg shape {tseg.shape} differs from the model grid {inshape}')
+    shape = scans[0][1].shape
+    factors = {s // n for s, n in zip(shape, inshape)} if all(s % n == 0 for s, n in zip(shape, inshape)) else set()
+    if len(factors) != 1 or any(s[1].shape != shape for s in scans):
+        fail(f'test scans of shape {shape} do not reduce to the template grid {inshape} by one integer factor')
+    factor = factors.pop()
+    if factor > 1:
+        print(f'test scans block-averaged by {factor} to the template grid {inshape}')
+    images = downsize_images(np.stack([s[1] for s in scans]), factor)
+    segs = downsize_labels(np.stack([s[2] for s in scans]), factor)
+    t = time.perf_counter()
+    warped, warps = template_to_subjects(model, tseg, images)
+    seconds = [(time.perf_counter() - t) / len(scans)] * len(scans)
+    rows = []
+    for (name, _, _), seg, moved in zip(scans, segs, warped):
+        common = [lab for lab in labels if np.any(tseg == lab) and np.any(seg == lab)]
+        _score(rows, f'template->{name}', 'affine', tseg, seg, common)
+        _score(rows, f'template->{name}', 'model', moved, seg, common)
+        tissue = [1, 2, 3]
+        _score(rows, f'template->{name} (tissue)', 'affine', aseg_to_tissue(tseg), aseg_to_tissue(seg), tissue)
+        _score(rows, f'template->{name} (tissue)', 'model', aseg_to_tissue(moved), aseg_to_tissue(seg), tissue)
+    folding = [folding_fraction(w) for w in warps]
+    report = _report(rows, labels, folding, seconds, '30 structures (template labels warped to each test scan)',
+                     args.model, tissue_title='tissue classes (template labels warped to each test scan)')
+    print(report)
+    if args.out_dir:
+        _write_outputs(args.out_dir, rows, report, labels)
+    return 0
+
+
+def _report(rows, labels, folding, seconds, title, model_path, tissue_title='tissue classes vs atlas seg'):
     import numpy as np
     lines = [f'model {model_path}; {len(seconds)} registrations; '
              f'{np.mean(seconds):.2f} s per pair (prediction + label warp)']
-    groups = [('30 structures' + (' (atlas space, pairs of test scans)' if atlas_mode else ''),
-               [r for r in rows if 'tissue' not in r['pair']], labels)]
-    if atlas_mode:
-        groups.append(('tissue classes vs atlas seg', [r for r in rows if 'tissue' in r['pair']], [1, 2, 3]))
+    groups = [(title, [r for r in rows if 'tissue' not in r['pair']], labels),
+              (tissue_title, [r for r in rows if 'tissue' in r['pair']], [1, 2, 3])]
     for title, sub, labs in groups:
         if not sub:
             continue

@@ -125,12 +125,11 @@ def main(argv=None):
             files = generators.list_volumes(args.data_dir, args.train_list)
             images = generators.load_volumes(files)
             if args.downsize > 1:
-                d = args.downsize
-                n, *shape = images.shape
-                if any(s % d for s in shape):
-                    fail(f'--downsize {d} does not divide the scan shape {tuple(shape)}')
-                images = images.reshape(n, *[v for s in shape for v in (s // d, d)]).mean(
-                    axis=tuple(range(2, 2 + 2 * len(shape), 2)))
+                from ..templates import downsize_images
+                try:
+                    images = downsize_images(images, args.downsize)
+                except ValueError as err:
+                    fail(f'--downsize: {err}')
             attributes = _read_attributes(args.attributes, files) if args.attributes else None
         inshape = images.shape[1:]
         n_attr = 0 if attributes is None else attributes.shape[1]
@@ -173,12 +172,9 @@ def main(argv=None):
             template = model.templates()
             extra = None
             if not args.fashion_mnist and _has_segs(files):
-                from ..templates import template_segmentation
+                from ..templates import downsize_labels, template_segmentation
                 segs = np.stack([load_volfile(f, key='seg') for f in files])
-                if args.downsize > 1:
-                    # the voxel nearest each averaged block's centre
-                    d = args.downsize
-                    segs = segs[(slice(None),) + tuple(slice(d // 2, None, d) for _ in inshape)]
+                segs = downsize_labels(segs, args.downsize)
                 extra = {'seg': template_segmentation(model, images, segs)}
                 print('template seg: the training scans\' labels warped to the template, per-voxel majority')
             save_volfile(out, template, overwrite=True, extra=extra)
