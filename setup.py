@@ -24,6 +24,8 @@ setup(
     ],
     extras_require={
         'test': ['pytest', 'hypothesis'],
+        # peers for the benchmark (python -m vxm_keras.bench --peers), never needed otherwise
+        'peers': ['antspyx'],
     },
     license='Apache-2.0',
     classifiers=[

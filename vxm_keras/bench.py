@@ -78,6 +78,8 @@ def work_train(p):
     x = _inputs(p['shape'])
     zeros = np.zeros((1, *p['shape'], len(p['shape'])), np.float32)
     full = _timeit(lambda: model.train_on_batch(x, [x[1], zeros]), p['repeats'])
+    if p.get('jit'):
+        return {'full': full}
     unet = keras.Model(model.inputs, model.get_layer('flow').output)
     opt = keras.optimizers.Adam(1e-4)
     xs = [tf.constant(a) for a in x]
@@ -97,7 +99,6 @@ def work_train(p):
 def work_ncc(p):
     """NCC forward + backward: vxm_keras (separable box sums) against the original's dense
     9^3 convolution, same inputs, and the largest relative difference of the loss values."""
-    import numpy as np
     import tensorflow as tf
 
     from vxm_keras import losses
@@ -171,16 +172,41 @@ def work_register(p):
         argv = ['register.py', '--moving', p['batch_dir'], '--fixed', p['fixed'], '--model', p['model_file'],
                 '--out-dir', p['out_dir'], '--overwrite']
     sys.argv = argv
+    import contextlib
+    import io
+    import re
+    printed = io.StringIO()
     try:
-        runpy.run_path(os.path.join(REPO, 'register.py'), run_name='__main__')
+        with contextlib.redirect_stdout(printed):
+            runpy.run_path(os.path.join(REPO, 'register.py'), run_name='__main__')
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             raise
-    return {}
+    # register.py prints 'load X s, predict Y s, write Z s'
+    parts = re.search(r'load ([\d.]+) s, predict ([\d.]+) s, write ([\d.]+) s', printed.getvalue())
+    return {'parts': [float(v) for v in parts.groups()]} if parts else {}
+
+
+def work_ants(p):
+    """ANTs SyN through antspyx (``type_of_transform='SyN'``: its default affine stage, then
+    SyN) on a real prepared pair; the moving labels follow with nearest neighbour."""
+    import ants
+    import numpy as np
+
+    from vxm_keras.io import load_volfile
+    fixed = ants.from_numpy(load_volfile(p['fixed']).astype(np.float32))
+    moving = ants.from_numpy(load_volfile(p['moving']).astype(np.float32))
+    moving_seg = ants.from_numpy(load_volfile(p['moving'], key='seg').astype(np.float32))
+    t = time.perf_counter()
+    reg = ants.registration(fixed, moving, type_of_transform='SyN')
+    moved_seg = ants.apply_transforms(fixed, moving_seg, reg['fwdtransforms'], interpolator='nearestNeighbor')
+    seconds = time.perf_counter() - t
+    np.save(p['moved_seg'], np.rint(moved_seg.numpy()).astype(np.int32))
+    return {'seconds': seconds, 'threads': os.environ.get('ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS', 'all cores')}
 
 
 WORKERS = {'forward': work_forward, 'train': work_train, 'ncc': work_ncc, 'warp': work_warp,
-           'register': work_register}
+           'register': work_register, 'ants': work_ants}
 
 
 def _run_worker(kind, params):
@@ -222,81 +248,193 @@ def _fmt(t):
     return f'{t["best"]:.3f} / {t["median"]:.3f}'
 
 
-def run_benchmark(sizes, models, repeats, out_path, batch_scans):
+SHARED_FREESURFER = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'freesurfer')
+PAPER_CPU_SECONDS = 144.0  # VM-2 per pair on a CPU, CVPR 2018 Table 1
+
+
+def _registration_rows(tmp, shape, models, repeats, batch_scans):
+    """Forward, training step and register.py end to end for each model at one size."""
     import numpy as np
 
     import vxm_keras
     from vxm_keras.io import save_volfile
-
-    lines = ['# vxm-keras benchmark', '', f'Machine: {machine_description()}', '',
-             f'Times in seconds, best / median of {repeats} runs after a warm-up; '
-             'memory is the peak resident set of the measuring process.', '']
+    tag = 'x'.join(map(str, shape))
+    rng = np.random.default_rng(0)
+    moving, fixed = os.path.join(tmp, f'm{tag}.npz'), os.path.join(tmp, f'f{tag}.npz')
+    save_volfile(moving, rng.random(shape).astype(np.float32), extra={'seg': rng.integers(0, 5, shape)})
+    save_volfile(fixed, rng.random(shape).astype(np.float32))
+    batch_dir = os.path.join(tmp, f'batch{tag}')
+    os.makedirs(batch_dir)
+    for i in range(batch_scans):
+        save_volfile(os.path.join(batch_dir, f's{i}.npz'), rng.random(shape).astype(np.float32))
+    blocks = {'tag': tag, 'ncc': _run_worker('ncc', {'shape': shape, 'repeats': repeats}),
+              'warp': _run_worker('warp', {'shape': shape, 'repeats': repeats})}
     rows = []
+    for name in models:
+        model_file = os.path.join(tmp, f'{name}{tag}.h5')
+        vxm_keras.save_model(_model(name, shape), model_file, overwrite=True)
+        train_repeats = max(1, repeats - 1)
+        row = {'tag': tag, 'model': name,
+               'forward': _run_worker('forward', {'model': name, 'shape': shape, 'repeats': repeats}),
+               'train': _run_worker('train', {'model': name, 'shape': shape, 'repeats': train_repeats}),
+               'train_xla': _run_worker('train', {'model': name, 'shape': shape, 'repeats': train_repeats,
+                                                  'jit': True})}
+        reg_params = {'moving': moving, 'fixed': fixed, 'model_file': model_file,
+                      'moved': os.path.join(tmp, 'moved.npz'), 'moved_seg': os.path.join(tmp, 'ms.npz')}
+        row['register'] = [_run_worker('register', reg_params) for _ in range(repeats)]
+        row['batch'] = _run_worker('register', dict(reg_params, batch_dir=batch_dir,
+                                                    out_dir=os.path.join(tmp, f'out{tag}{name}')))
+        rows.append(row)
+    return rows, blocks
+
+
+def _prepared_pair(tmp, pair):
+    """A real (moving, fixed) pair of prepared .npz scans: the given paths, or sub-07 and
+    sub-08 of ``../shared/data/freesurfer`` prepared on the fly; None when there is none."""
+    if pair:
+        return pair
+    subjects = [os.path.join(SHARED_FREESURFER, s) for s in ('sub-07', 'sub-08')]
+    if not all(os.path.isdir(s) for s in subjects):
+        return None
+    from vxm_keras.prepare import prepare_freesurfer_subject, write_prepared
+    out = []
+    for s in subjects:
+        path = os.path.join(tmp, os.path.basename(s) + '.npz')
+        write_prepared(prepare_freesurfer_subject(s), path)
+        out.append(path)
+    return out
+
+
+def _peer_rows(tmp, pair, model_file, repeats):
+    """VM-2 (register.py end to end) and ANTs SyN on the same real pair: seconds and Dice."""
+    import importlib.util
+
+    import numpy as np
+
+    from vxm_keras.io import load_volfile
+    from vxm_keras.metrics import PAPER_LABELS, dice
+    moving, fixed = pair
+    moving_seg, fixed_seg = load_volfile(moving, key='seg'), load_volfile(fixed, key='seg')
+    labels = [lab for lab in PAPER_LABELS if np.any(moving_seg == lab) and np.any(fixed_seg == lab)]
+
+    def mean_dice(seg):
+        return float(np.nanmean(dice(seg, fixed_seg, labels)[1]))
+
+    rows = [{'method': 'affine only (prepared scans)', 'seconds': None, 'dice': mean_dice(moving_seg)}]
+    moved_seg = os.path.join(tmp, 'peer_vxm_seg.npz')
+    regs = [_run_worker('register', {'moving': moving, 'fixed': fixed, 'model_file': model_file,
+                                     'moved': os.path.join(tmp, 'peer_vxm.npz'), 'moved_seg': moved_seg})
+            for _ in range(repeats)]
+    walls = [r['wall'] for r in regs if 'wall' in r]
+    rows.append({'method': f'VM-2 {os.path.basename(model_file)}, register.py end to end',
+                 'seconds': min(walls) if walls else None,
+                 'dice': mean_dice(load_volfile(moved_seg)) if walls else None,
+                 'error': None if walls else regs[0].get('error')})
+    if importlib.util.find_spec('ants') is None:
+        rows.append({'method': 'ANTs SyN (antspyx)', 'seconds': None, 'dice': None,
+                     'error': "antspyx is not installed: pip install -e '.[peers]'"})
+        return rows, len(labels)
+    ants_seg = os.path.join(tmp, 'peer_ants_seg.npy')
+    res = _run_worker('ants', {'moving': moving, 'fixed': fixed, 'moved_seg': ants_seg})
+    rows.append({'method': "ANTs SyN (antspyx, type_of_transform='SyN', default settings)",
+                 'seconds': res.get('seconds'), 'maxrss_mib': res.get('maxrss_mib'),
+                 'dice': mean_dice(np.load(ants_seg)) if 'seconds' in res else None, 'error': res.get('error')})
+    return rows, len(labels)
+
+
+def _best(times):
+    return {'best': min(times), 'median': statistics.median(times)} if times else None
+
+
+def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pair=None,
+                  peer_model=os.path.join(REPO, 'models', 'vm2_scan2scan.h5')):
+    lines = ['# vxm-keras benchmark', '', f'Machine: {machine_description()}', '',
+             f'Command: `python -m vxm_keras.bench {" ".join(sys.argv[1:])}`'.replace('  ', ' '), '',
+             f'Times in seconds, best / median of {repeats} runs after a warm-up; '
+             'memory is the peak resident set of the measuring process (MiB). Every measurement runs '
+             'in its own process; ratios compare numbers of this run.', '']
+    rows, blocks, peer = [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         for shape in sizes:
-            tag = 'x'.join(map(str, shape))
-            rng = np.random.default_rng(0)
-            moving, fixed = os.path.join(tmp, f'm{tag}.npz'), os.path.join(tmp, f'f{tag}.npz')
-            save_volfile(moving, rng.random(shape).astype(np.float32), extra={'seg': rng.integers(0, 5, shape)})
-            save_volfile(fixed, rng.random(shape).astype(np.float32))
-            batch_dir = os.path.join(tmp, f'batch{tag}')
-            os.makedirs(batch_dir)
-            for i in range(batch_scans):
-                save_volfile(os.path.join(batch_dir, f's{i}.npz'), rng.random(shape).astype(np.float32))
-            ncc = _run_worker('ncc', {'shape': shape, 'repeats': repeats})
-            warp = _run_worker('warp', {'shape': shape, 'repeats': repeats})
-            for name in models:
-                model_file = os.path.join(tmp, f'{name}{tag}.h5')
-                vxm_keras.save_model(_model(name, shape), model_file, overwrite=True)
-                fwd = _run_worker('forward', {'model': name, 'shape': shape, 'repeats': repeats})
-                train = _run_worker('train', {'model': name, 'shape': shape, 'repeats': max(1, repeats - 1)})
-                reg_params = {'moving': moving, 'fixed': fixed, 'model_file': model_file,
-                              'moved': os.path.join(tmp, 'moved.npz'), 'moved_seg': os.path.join(tmp, 'ms.npz')}
-                regs = [_run_worker('register', reg_params) for _ in range(repeats)]
-                reg_walls = [r['wall'] for r in regs if 'wall' in r]
-                batch = _run_worker('register', dict(reg_params, batch_dir=batch_dir,
-                                                     out_dir=os.path.join(tmp, f'out{tag}{name}')))
-                rows.append((tag, name, fwd, train, regs, reg_walls, batch, ncc, warp))
+            r, b = _registration_rows(tmp, shape, models, repeats, batch_scans)
+            rows += r
+            blocks.append(b)
+        if peers:
+            real = _prepared_pair(tmp, pair)
+            peer = _peer_rows(tmp, real, peer_model, repeats) if real else None
 
-    lines += ['## Registration', '',
+    lines += ['## Registration (random weights, random volumes)', '',
               '| size | model | forward | forward XLA | register.py end to end | end to end / forward | '
-              'peak MiB forward | peak MiB register.py | batch scans/min |',
-              '|---|---|---|---|---|---|---|---|---|']
-    for tag, name, fwd, train, regs, reg_walls, batch, ncc, warp in rows:
-        plain = fwd.get('plain', {})
-        e2e = {'best': min(reg_walls), 'median': statistics.median(reg_walls)} if reg_walls else None
+              'start-up + imports | read + model load | predict + label warp | write | '
+              'peak MiB forward | peak MiB register.py | batch: s per scan | batch per scan / forward |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        plain = row['forward'].get('plain', {})
+        regs = [r for r in row['register'] if 'wall' in r]
+        e2e = _best([r['wall'] for r in regs])
+        best_run = min(regs, key=lambda r: r['wall']) if regs else {}
+        parts = best_run.get('parts')
+        start = f'{best_run["wall"] - sum(parts):.2f}' if parts else 'n/a'
+        part_cells = [f'{v:.2f}' for v in parts] if parts else ['n/a'] * 3
         ratio = f'{e2e["best"] / plain["best"]:.2f}' if e2e and 'best' in plain else 'n/a'
-        spm = f'{60 * batch_scans / batch["wall"]:.1f}' if 'wall' in batch else 'n/a'
+        batch = row['batch']
+        per_scan = batch['wall'] / batch_scans if 'wall' in batch else None
+        batch_ratio = f'{per_scan / plain["best"]:.2f}' if per_scan and 'best' in plain else 'n/a'
         peak_reg = max((r.get('maxrss_mib', 0) for r in regs), default=0)
-        lines.append(f'| {tag} | {name} | {_fmt(plain)} | {_fmt(fwd.get("xla"))} | {_fmt(e2e)} | {ratio} | '
-                     f'{fwd.get("maxrss_mib", 0):.0f} | {peak_reg:.0f} | {spm} |')
-    lines += ['', 'End to end includes Python start-up, imports, reading, model loading, prediction, '
-              'label warping and atomic writes; batch mode registers '
-              f'{batch_scans} scans in one process.', '',
-              '## Training step (batch 1, NCC + Grad, Adam)', '',
-              '| size | model | step | bare U-Net step | warp + losses overhead | peak MiB |',
-              '|---|---|---|---|---|---|']
-    for tag, name, fwd, train, *_ in rows:
+        lines.append(f'| {row["tag"]} | {row["model"]} | {_fmt(plain)} | {_fmt(row["forward"].get("xla"))} | '
+                     f'{_fmt(e2e)} | {ratio} | {start} | {" | ".join(part_cells)} | '
+                     f'{row["forward"].get("maxrss_mib", 0):.0f} | {peak_reg:.0f} | '
+                     f'{"n/a" if per_scan is None else f"{per_scan:.2f}"} | {batch_ratio} |')
+    lines += ['', 'Forward: the model (U-Net, integration if any, warp) on one pair, in a `tf.function`. '
+              'End to end: `register.py` with moving scan, labels and outputs as files, including Python '
+              'start-up, imports, reading, model loading, prediction, nearest-neighbour label warp and '
+              f'atomic writes. Batch: `register.py --moving DIR --out-dir OUT` over {batch_scans} scans '
+              '(one process; reading and writing overlap prediction), wall time per scan including start-up.',
+              '', '## Training step (batch 1, NCC + Grad, Adam)', '',
+              '| size | model | step | step XLA | bare U-Net step | warp + losses over the U-Net | '
+              'peak MiB | peak MiB XLA |', '|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        train, xla = row['train'], row['train_xla']
         full, unet = train.get('full', {}), train.get('unet', {})
         over = f'{100 * (full["best"] / unet["best"] - 1):.0f} %' if 'best' in full and 'best' in unet else 'n/a'
-        lines.append(f'| {tag} | {name} | {_fmt(full)} | {_fmt(unet)} | {over} | {train.get("maxrss_mib", 0):.0f} |')
-    lines += ['', '## Building blocks (forward + backward for NCC)', '',
-              '| size | NCC (separable) | NCC dense 9^3 (original) | speed-up | relative difference | '
-              'warp (SpatialTransformer) | scipy map_coordinates | speed-up |',
+        lines.append(f'| {row["tag"]} | {row["model"]} | {_fmt(full)} | {_fmt(xla.get("full"))} | {_fmt(unet)} | '
+                     f'{over} | {train.get("maxrss_mib", 0):.0f} | {xla.get("maxrss_mib", 0):.0f} |')
+    lines += ['', '## Building blocks', '',
+              '| size | NCC fwd+bwd (separable) | NCC fwd+bwd dense 9^3 (original) | speed-up | relative '
+              'difference of the loss | warp (SpatialTransformer) | scipy map_coordinates | speed-up |',
               '|---|---|---|---|---|---|---|---|']
-    seen = set()
-    for tag, name, fwd, train, regs, reg_walls, batch, ncc, warp in rows:
-        if tag in seen:
-            continue
-        seen.add(tag)
+    for b in blocks:
+        ncc, warp = b['ncc'], b['warp']
         sp = f'{ncc["dense"]["best"] / ncc["ours"]["best"]:.1f}x' if 'ours' in ncc else 'n/a'
         wp = f'{warp["scipy"]["best"] / warp["ours"]["best"]:.1f}x' if 'ours' in warp else 'n/a'
         rel = f'{ncc["rel_diff"]:.1e}' if 'rel_diff' in ncc else 'n/a'
-        lines.append(f'| {tag} | {_fmt(ncc.get("ours"))} | {_fmt(ncc.get("dense"))} | {sp} | {rel} | '
+        lines.append(f'| {b["tag"]} | {_fmt(ncc.get("ours"))} | {_fmt(ncc.get("dense"))} | {sp} | {rel} | '
                      f'{_fmt(warp.get("ours"))} | {_fmt(warp.get("scipy"))} | {wp} |')
-    errors = [(r[0], r[1], k, v['error']) for r in rows for k, v in
-              zip(('forward', 'train', 'batch', 'ncc', 'warp'), (r[2], r[3], r[6], r[7], r[8]))
-              if isinstance(v, dict) and 'error' in v]
+    if peers:
+        lines += ['', '## Peers on a real pair', '']
+        if peer is None:
+            lines.append(f'No real pair: pass --pair MOVING.npz FIXED.npz or provide {SHARED_FREESURFER}.')
+        else:
+            peer_rows, n_labels = peer
+            vxm = next((r for r in peer_rows if r['method'].startswith('VM-2')), None)
+            lines += [f'Moving {os.path.basename(pair[0]) if pair else "sub-07"} to fixed '
+                      f'{os.path.basename(pair[1]) if pair else "sub-08"} (prepared, affinely aligned '
+                      f'to MNI305); mean Dice over the {n_labels} of the 30 structures present in both.', '',
+                      '| method | seconds | x slower than VM-2 | Dice |', '|---|---|---|---|']
+            for r in peer_rows:
+                secs = 'n/a' if r['seconds'] is None else f'{r["seconds"]:.1f}'
+                slower = (f'{r["seconds"] / vxm["seconds"]:.1f}' if r['seconds'] and vxm and vxm['seconds']
+                          else '')
+                d = 'n/a' if r['dice'] is None else f'{r["dice"]:.3f}'
+                lines.append(f'| {r["method"]} | {secs} | {slower} | {d} |' + (f' {r["error"]}' if r.get('error') else ''))
+            if vxm and vxm['seconds']:
+                lines += ['', f'The CVPR 2018 paper reports VM-2 at {PAPER_CPU_SECONDS:.0f} s per pair on a CPU: '
+                          f'{PAPER_CPU_SECONDS / vxm["seconds"]:.1f}x the end-to-end time here.']
+    errors = [(row['tag'], row['model'], k, row[k]['error']) for row in rows
+              for k in ('forward', 'train', 'train_xla', 'batch') if 'error' in row[k]]
+    errors += [(b['tag'], '', k, b[k]['error']) for b in blocks for k in ('ncc', 'warp') if 'error' in b[k]]
+    errors += [(row['tag'], row['model'], 'register', r['error']) for row in rows for r in row['register']
+               if 'error' in r]
     if errors:
         lines += ['', '## Errors', ''] + [f'- {t} {m} {k}: {e}' for t, m, k, e in errors]
     text = '\n'.join(lines) + '\n'
@@ -318,6 +456,13 @@ def main(argv=None):
     parser.add_argument('--batch-scans', type=int, default=4, help='scans in the batch-throughput run')
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'RESULTS.md'))
     parser.add_argument('--quick', action='store_true', help='tiny shapes, 1 repeat: checks the script runs')
+    parser.add_argument('--peers', action='store_true',
+                        help="also ANTs SyN (pip install -e '.[peers]') and VM-2 on a real pair")
+    parser.add_argument('--pair', nargs=2, metavar=('MOVING', 'FIXED'), default=None,
+                        help='prepared .npz scans (vol, seg) for --peers (default: sub-07 to sub-08 of '
+                             '../shared/data/freesurfer, prepared on the fly)')
+    parser.add_argument('--peer-model', dest='peer_model', default=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'),
+                        help='the VM-2 model run on that pair (default models/vm2_scan2scan.h5)')
     parser.add_argument('--worker', nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -333,7 +478,8 @@ def main(argv=None):
     else:
         sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes]
         repeats, models = args.repeats, args.models
-    run_benchmark(sizes, models, repeats, args.out, args.batch_scans)
+    run_benchmark(sizes, models, repeats, args.out, args.batch_scans, peers=args.peers, pair=args.pair,
+                  peer_model=args.peer_model)
     return 0
 
 
