@@ -142,7 +142,7 @@ def _warn_range(name, vol):
 
 
 def _single(args):
-    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
 
     from ..io import load_volfile, save_volfile, volume_extension
 
@@ -158,16 +158,24 @@ def _single(args):
         fail('two outputs have the same path')
 
     t0 = time.perf_counter()
-    moving, affine = load_volfile(args.moving, ret_affine=True, check_finite=True)
-    fixed, fixed_affine = load_volfile(args.fixed, ret_affine=True, check_finite=True)
+    # the inputs are read side by side (zlib and file reads release the GIL)
+    with ThreadPoolExecutor(3) as pool:
+        reads = {'moving': pool.submit(load_volfile, args.moving, ret_affine=True, check_finite=True),
+                 'fixed': pool.submit(load_volfile, args.fixed, ret_affine=True, check_finite=True)}
+        if args.moving_seg:
+            reads['moving_seg'] = pool.submit(_load_seg, args.moving_seg)
+        if args.fixed_seg:
+            reads['fixed_seg'] = pool.submit(_load_seg, args.fixed_seg)
+        moving, affine = reads['moving'].result()
+        fixed, fixed_affine = reads['fixed'].result()
+        moving_seg = reads['moving_seg'].result() if args.moving_seg else None
+        fixed_seg = reads['fixed_seg'].result() if args.fixed_seg else None
     if moving.ndim not in (2, 3):
         fail(f'{args.moving}: expected a 2-D or 3-D scan, got shape {moving.shape}')
     if moving.shape != fixed.shape:
         fail(f'{args.moving}: shape {moving.shape} differs from the fixed scan {args.fixed} {fixed.shape}')
-    moving_seg = _load_seg(args.moving_seg) if args.moving_seg else None
     if moving_seg is not None and moving_seg.shape != moving.shape:
         fail(f'{args.moving_seg}: shape {moving_seg.shape} differs from the moving scan {moving.shape}')
-    fixed_seg = _load_seg(args.fixed_seg) if args.fixed_seg else None
     if args.png and fixed_seg is None and volume_extension(args.fixed) == '.npz':
         try:
             fixed_seg = load_volfile(args.fixed, key='seg')
@@ -187,17 +195,17 @@ def _single(args):
 
     t2 = time.perf_counter()
     out_affine = affine if affine is not None else reg.fixed_affine
-    save_volfile(args.moved, moved, affine=out_affine, overwrite=args.overwrite)
-    if args.warp:
-        save_volfile(args.warp, warp, affine=out_affine, overwrite=args.overwrite)
-    if args.inverse_warp:
-        save_volfile(args.inverse_warp, inverse, affine=out_affine, overwrite=args.overwrite)
-    if args.moved_seg:
-        save_volfile(args.moved_seg, moved_seg, affine=out_affine, overwrite=args.overwrite)
-    if args.png:
-        from ..plot import save_figure_atomic, slices_figure
-        save_figure_atomic(args.png, slices_figure, [moving, fixed, moved], ['moving', 'fixed', 'moved'],
-                           segs=[moving_seg, fixed_seg, moved_seg], overwrite=args.overwrite)
+    arrays = [(args.moved, moved), (args.warp, warp), (args.inverse_warp, inverse), (args.moved_seg, moved_seg)]
+    # outputs are compressed and written side by side; each is atomic on its own
+    with ThreadPoolExecutor(3) as pool:
+        writes = [pool.submit(save_volfile, path, array, affine=out_affine, overwrite=args.overwrite)
+                  for path, array in arrays if path]
+        if args.png:
+            from ..plot import save_figure_atomic, slices_figure
+            save_figure_atomic(args.png, slices_figure, [moving, fixed, moved], ['moving', 'fixed', 'moved'],
+                               segs=[moving_seg, fixed_seg, moved_seg], overwrite=args.overwrite)
+        for w in writes:
+            w.result()
     t_write = time.perf_counter() - t2
     print(f'load {t_load:.2f} s, predict {t_pred:.2f} s, write {t_write:.2f} s')
     for out in outputs:
