@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import vxm_keras
 from vxm_keras import losses, networks
+from vxm_keras.layers import UpsampleConcatConv
 from vxm_keras.metrics import dice
 
 
@@ -49,10 +50,16 @@ def test_shapes_and_params(builder, enc, dec, inshape):
     assert [tuple(t.shape) for t in model.inputs] == [(None, *inshape, 1)] * 2
     assert [tuple(t.shape) for t in model.outputs] == [(None, *inshape, 1), (None, *inshape, ndim)]
     assert networks.count_params(model) == expected_params(ndim, enc, dec)
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D | keras.layers.Conv3D)]
+    convs = [l for l in model.layers
+             if isinstance(l, keras.layers.Conv2D | keras.layers.Conv3D | UpsampleConcatConv)]
     assert [c.filters for c in convs] == list(enc) + list(dec) + [ndim]
-    assert [c.strides[0] for c in convs] == [2] * 4 + [1] * (len(dec) + 1)
-    assert all(c.kernel_size == (3,) * ndim and c.padding == 'same' for c in convs)
+    # the upsampling decoder levels (1/8, 1/4, 1/2, full size) are fused layers
+    fused = [i for i, c in enumerate(convs) if isinstance(c, UpsampleConcatConv)]
+    assert fused == [5, 6, 7, 9]
+    plain = [c for c in convs if not isinstance(c, UpsampleConcatConv)]
+    assert [c.strides[0] for c in plain] == [2] * 4 + [1] * (len(dec) + 1 - 4)
+    assert all(c.kernel_size == (3,) * ndim and c.padding == 'same' for c in plain)
+    assert all(c.kernel.shape[:ndim] == (3,) * ndim for c in convs)
     acts = [l for l in model.layers if isinstance(l, keras.layers.LeakyReLU)]
     assert len(acts) == len(convs) - 1 and all(a.negative_slope == pytest.approx(0.2) for a in acts)
     assert convs[-1].activation is keras.activations.linear
@@ -185,3 +192,66 @@ def test_mixed_precision_keeps_field_and_warp_float32():
     x = np.random.default_rng(0).random((1, 32, 32, 32, 1)).astype(np.float32)
     values = model.train_on_batch([x, x], [x, np.zeros((1, 32, 32, 32, 3), np.float32)])
     assert np.all(np.isfinite(values))
+
+
+def original_unet_flow(inshape, enc, dec):
+    """The 2018 layer stack written out independently: UpSampling (nearest), Concatenate and
+    a 'same' convolution at every decoder level; returns a model [moving, fixed] -> flow."""
+    ndim = len(inshape)
+    conv = keras.layers.Conv3D if ndim == 3 else keras.layers.Conv2D
+    up = keras.layers.UpSampling3D if ndim == 3 else keras.layers.UpSampling2D
+    act = lambda t: keras.layers.LeakyReLU(negative_slope=0.2)(t)  # noqa: E731
+    moving, fixed = keras.Input((*inshape, 1)), keras.Input((*inshape, 1))
+    x = keras.layers.Concatenate()([moving, fixed])
+    levels = [x]
+    for nf in enc:
+        levels.append(act(conv(nf, 3, strides=2, padding='same')(levels[-1])))
+    y = act(conv(dec[0], 3, padding='same')(levels[-1]))
+    for i, skip in zip((1, 2, 3), (levels[3], levels[2], levels[1])):
+        y = act(conv(dec[i], 3, padding='same')(keras.layers.Concatenate()([up()(y), skip])))
+    y = act(conv(dec[4], 3, padding='same')(y))
+    y = act(conv(dec[5], 3, padding='same')(keras.layers.Concatenate()([up()(y), x])))
+    for nf in dec[6:]:
+        y = act(conv(nf, 3, padding='same')(y))
+    return keras.Model([moving, fixed], conv(ndim, 3, padding='same')(y))
+
+
+@pytest.mark.parametrize('inshape', [(32, 32, 32), (48, 64)])
+def test_fused_decoder_equals_the_original_layer_stack(rng, inshape):
+    enc, dec = (16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16)
+    model = networks.vm2(inshape)
+    flow = keras.Model(model.inputs, model.get_layer('flow').output)
+    ref = original_unet_flow(inshape, enc, dec)
+    # weights are in the same order and shapes: the original's files load into the fused model
+    weights = [rng.standard_normal(w.shape).astype(np.float32) * 0.1 for w in ref.get_weights()]
+    ref.set_weights(weights)
+    flow.set_weights(weights)
+    x = [rng.random((2, *inshape, 1)).astype(np.float32) for _ in range(2)]
+    expected = ref.predict(x, verbose=0)
+    np.testing.assert_allclose(flow.predict(x, verbose=0), expected, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize('ndim', [2, 3])
+def test_upsample_concat_conv_gradients_match_the_original(rng, ndim):
+    shape = (6, 8, 4)[:ndim]
+    low = tf.constant(rng.standard_normal((1, *[n // 2 for n in shape], 3)).astype(np.float32))
+    skip = tf.constant(rng.standard_normal((1, *shape, 2)).astype(np.float32))
+    layer = UpsampleConcatConv(4)
+    layer([low, skip])
+    layer.bias.assign(rng.standard_normal(4).astype(np.float32))
+    up = keras.layers.UpSampling3D() if ndim == 3 else keras.layers.UpSampling2D()
+    conv = (keras.layers.Conv3D if ndim == 3 else keras.layers.Conv2D)(4, 3, padding='same')
+    conv.build((1, *shape, 5))
+    conv.set_weights(layer.get_weights())
+    target = tf.constant(rng.standard_normal((1, *shape, 4)).astype(np.float32))
+    grads = []
+    for fn, weights in ((lambda a, b: layer([a, b]), layer.trainable_weights),
+                        (lambda a, b: conv(tf.concat([up(a), b], -1)), conv.trainable_weights)):
+        with tf.GradientTape() as tape:
+            tape.watch([low, skip])
+            loss = tf.reduce_sum(fn(low, skip) * target)
+        grads.append([g.numpy() for g in tape.gradient(loss, [low, skip, *weights])])
+    for ours, ref in zip(*grads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+    config = layer.get_config()
+    assert UpsampleConcatConv.from_config(config).filters == 4

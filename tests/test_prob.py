@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import vxm_keras
 from vxm_keras import losses, networks
-from vxm_keras.layers import SampleNormal, VecInt
+from vxm_keras.layers import SampleNormal, UpsampleConcatConv, VecInt
 from vxm_keras.metrics import dice, jacobian_determinant
 
 from conftest import smooth_field
@@ -18,7 +18,7 @@ def test_architecture_and_heads():
     assert [tuple(t.shape) for t in model.outputs] == [(None, 32, 32, 32, 1), (None, 32, 32, 32, 1),
                                                       (None, 16, 16, 16, 6)]
     # decoder stops at half resolution: 32,32,32,32,16, then the two heads
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv3D)]
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv3D | UpsampleConcatConv)]
     assert [c.filters for c in convs] == [16, 32, 32, 32, 32, 32, 32, 32, 16, 3, 3]
     sigma = model.get_layer('flow_log_sigma')
     assert np.all(sigma.bias.numpy() == -10) and sigma.kernel.numpy().std() < 1e-9

@@ -18,7 +18,7 @@ import numpy as np
 
 from .io import ModelFileError, atomic_path
 from .layers import (LearnedTemplate, MeanStream, OneHot, RescaleTransform, SampleNormal, SpatialTransformer,
-                     VecInt)
+                     UpsampleConcatConv, VecInt)
 
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
 
@@ -49,6 +49,19 @@ def conv_block(x, nf, strides=1, name=None):
     x = _conv(ndim)(nf, kernel_size=3, padding='same', strides=strides,
                     kernel_initializer='he_normal', name=None if name is None else name + '_conv')(x)
     return keras.layers.LeakyReLU(negative_slope=0.2, name=None if name is None else name + '_act')(x)
+
+
+def up_block(low, skip, nf, name=None):
+    """Nearest 2x upsampling of ``low``, concatenation with ``skip``, then a 3x3(x3) conv
+    block: ``(batch, *spatial / 2, c)``, ``(batch, *spatial, c_skip)`` -> ``(batch, *spatial, nf)``.
+
+    One :class:`~vxm_keras.layers.UpsampleConcatConv` (same weights as the
+    upsample / concatenate / convolve layers of the original, far less memory
+    and arithmetic), then LeakyReLU(0.2).
+    """
+    y = UpsampleConcatConv(nf, kernel_initializer='he_normal',
+                           name=None if name is None else name + '_conv')([low, skip])
+    return keras.layers.LeakyReLU(negative_slope=0.2, name=None if name is None else name + '_act')(y)
 
 
 def check_inshape(inshape, levels=4):
@@ -82,22 +95,16 @@ def unet_core(x, enc_nf, dec_nf, full_size=True):
     if len(enc_nf) != 4 or len(dec_nf) not in sizes:
         raise ValueError(f'enc_nf needs 4 entries and dec_nf {" or ".join(map(str, sizes))}, '
                          f'got {enc_nf} and {dec_nf}')
-    ndim = len(x.shape) - 2
-    up = _upsample(ndim)
     enc = [x]
     for i, nf in enumerate(enc_nf):
         enc.append(conv_block(enc[-1], nf, strides=2, name=f'enc_{i}'))
     y = conv_block(enc[-1], dec_nf[0], name='dec_0')
     for i, skip in zip((1, 2, 3), (enc[3], enc[2], enc[1])):
-        y = up(name=f'dec_up_{i}')(y)
-        y = keras.layers.Concatenate(name=f'dec_skip_{i}')([y, skip])
-        y = conv_block(y, dec_nf[i], name=f'dec_{i}')
+        y = up_block(y, skip, dec_nf[i], name=f'dec_{i}')
     y = conv_block(y, dec_nf[4], name='dec_4')
     if not full_size:
         return y
-    y = up(name='dec_up_5')(y)
-    y = keras.layers.Concatenate(name='dec_skip_5')([y, enc[0]])
-    y = conv_block(y, dec_nf[5], name='dec_5')
+    y = up_block(y, enc[0], dec_nf[5], name='dec_5')
     if len(dec_nf) == 7:
         y = conv_block(y, dec_nf[6], name='dec_6')
     return y

@@ -15,6 +15,9 @@ scale applied to each image:
     python train_template.py --fashion-mnist ../shared/data/fashion_mnist --condition class+scale \\
         --model-dir runs/fashion
 
+Resume a stopped run with ``--load-model runs/template/0006.h5`` (the initial
+epoch is read from the name unless ``--initial-epoch`` is given).
+
 Outputs in ``--model-dir``: ``{epoch:04d}.h5`` (the model), ``training_log.csv``,
 ``template.npz`` (+ ``template.nii.gz`` for 3-D: key ``vol``, or ``templates``
 and ``attributes`` when conditional) and ``templates.png``.
@@ -54,6 +57,8 @@ def build_parser():
     p.add_argument('--steps-per-epoch', dest='steps_per_epoch', type=int, default=100)
     p.add_argument('--batch-size', dest='batch_size', type=int, default=8)
     p.add_argument('--model-dir', dest='model_dir', default='runs/template')
+    p.add_argument('--load-model', dest='load_model', default=None, help='resume from this .h5')
+    p.add_argument('--initial-epoch', dest='initial_epoch', type=int, default=None)
     p.add_argument('--seed', type=int, default=None)
     p.add_argument('--gpu', default=None)
     return p
@@ -105,6 +110,13 @@ def _read_attributes(path, files):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_device(args.gpu)
+    initial_epoch = args.initial_epoch
+    if initial_epoch is None:
+        import re
+        m = re.fullmatch(r'(\d+)\.h5', os.path.basename(args.load_model or ''))
+        initial_epoch = int(m.group(1)) if m else 0
+    if initial_epoch >= args.epochs:
+        fail(f'initial epoch {initial_epoch} is not below --epochs {args.epochs}: nothing to train')
 
     def body():
         import keras
@@ -135,16 +147,29 @@ def main(argv=None):
         n_attr = 0 if attributes is None else attributes.shape[1]
         print(f'{len(images)} images of shape {inshape}; '
               f'{"conditional on " + str(n_attr) + " attributes" if n_attr else "unconditional"}', flush=True)
-        try:
-            model = networks.TemplateCreation(inshape, n_attributes=n_attr, int_steps=args.int_steps,
-                                              int_downsize=args.int_downsize, template_init=images.mean(0))
-        except ValueError as err:
-            fail(str(err))
+        if args.load_model:
+            model = networks.load_model(args.load_model)
+            if not isinstance(model, networks.TemplateCreation):
+                fail(f'{args.load_model}: not a template model (train_template.py writes those)')
+            if tuple(model.inshape) != tuple(inshape) or model.n_attributes != n_attr:
+                fail(f'{args.load_model}: a template of shape {tuple(model.inshape)} with {model.n_attributes} '
+                     f'attributes, the data has shape {tuple(inshape)} and {n_attr}')
+        else:
+            try:
+                model = networks.TemplateCreation(inshape, n_attributes=n_attr, int_steps=args.int_steps,
+                                                  int_downsize=args.int_downsize, template_init=images.mean(0))
+            except ValueError as err:
+                fail(str(err))
         model.compile(optimizer=keras.optimizers.Adam(args.lr),
                       loss=[losses.MSE(image_sigma=args.image_sigma), losses.MSE(),
                             losses.DisplacementPenalty(args.lambda_d, args.lambda_a)],
                       loss_weights=[1.0, args.gamma, 1.0])
         vel_shape = tuple(model.outputs[2].shape[1:])
+        if args.load_model:
+            from ..callbacks import load_optimizer_state
+            restored = load_optimizer_state(model, args.load_model)
+            print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
+                  f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
 
         def batches():
             zeros = np.zeros((args.batch_size, *vel_shape), np.float32)
@@ -155,11 +180,12 @@ def main(argv=None):
                 yield inputs, (x, zeros, zeros)
 
         os.makedirs(args.model_dir, exist_ok=True)
-        model.fit(_dataset(batches, n_attr, inshape, vel_shape),
+        model.fit(_dataset(batches, n_attr, inshape, vel_shape), initial_epoch=initial_epoch,
                   epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, verbose=1, shuffle=False,
                   callbacks=[keras.callbacks.TerminateOnNaN(),
                              AtomicCheckpoint(os.path.join(args.model_dir, '{epoch:04d}.h5')),
-                             keras.callbacks.CSVLogger(os.path.join(args.model_dir, 'training_log.csv'))])
+                             keras.callbacks.CSVLogger(os.path.join(args.model_dir, 'training_log.csv'),
+                                                       append=initial_epoch > 0)])
 
         out = os.path.join(args.model_dir, 'template.npz')
         if n_attr:
@@ -180,7 +206,13 @@ def main(argv=None):
             save_volfile(out, template, overwrite=True, extra=extra)
             if template.ndim == 3:
                 save_volfile(os.path.join(args.model_dir, 'template.nii.gz'), template, overwrite=True)
-            _grid_png(os.path.join(args.model_dir, 'templates.png'), template[None], [''], [''])
+            png = os.path.join(args.model_dir, 'templates.png')
+            if template.ndim == 3:
+                from ..plot import save_figure_atomic, slices_figure
+                save_figure_atomic(png, slices_figure, [np.clip(template, 0, 1)], ['learned template'],
+                                   segs=[extra['seg'] if extra else None])
+            else:
+                _grid_png(png, template[None], [''], [''])
         print(f'wrote {out} and {os.path.join(args.model_dir, "templates.png")}')
         return 0
 
