@@ -123,8 +123,10 @@ def test_register_writes_outputs_keeping_affine(dataset, tmp_path):
                             '--model', model, '--moved', out / 'moved.nii.gz', check=False))
     assert 'moved.nii.gz' in err and '--overwrite' in err
     assert (out / 'moved.nii.gz').read_bytes() == before
+    # --overwrite replaces it; with --xla the compiled prediction gives the same field
     script('register.py', '--moving', tmp_path / 'm.nii.gz', '--fixed', dataset / 'atlas.npz',
-           '--model', model, '--moved', out / 'moved.nii.gz', '--overwrite')
+           '--model', model, '--moved', out / 'moved.nii.gz', '--warp', out / 'warp_xla.npz', '--overwrite', '--xla')
+    np.testing.assert_allclose(load_volfile(out / 'warp_xla.npz'), warp, atol=1e-4)
 
 
 def test_register_bad_inputs(dataset, tmp_path):

@@ -56,6 +56,8 @@ def build_parser():
     p.add_argument('--save-warp', dest='save_warp', action='store_true', help='batch mode: also write the warps')
     p.add_argument('--resume', action='store_true', help='batch mode: skip scans whose outputs exist')
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs')
+    p.add_argument('--xla', action='store_true',
+                   help='compile the prediction with XLA (slower on CPUs, see bench/RESULTS.md; try it on GPUs)')
     p.add_argument('--gpu', default=None, help="GPU id ('-1' or absent: CPU)")
     return p
 
@@ -75,7 +77,7 @@ def _load_seg(path):
 class Registrar:
     """A loaded model and fixed scan; registers moving arrays of the model's shape."""
 
-    def __init__(self, model_path, fixed_path, fixed=None, fixed_affine=None):
+    def __init__(self, model_path, fixed_path, fixed=None, fixed_affine=None, xla=False):
         import numpy as np
 
         from .. import networks
@@ -89,6 +91,8 @@ class Registrar:
         self._check_model_shape(fixed_path, self.fixed)
         self.model = model
         self.net = model.warp_model() if hasattr(model, 'warp_model') else model
+        if xla:  # predict_on_batch follows the compiled jit_compile setting
+            self.net.compile(jit_compile=True)
         self.nn = networks.nn_transformer(self.inshape)
         self._fixed_batch = self.fixed[None, ..., None].astype(np.float32)
 
@@ -183,7 +187,7 @@ def _single(args):
             fixed_seg = None
     _warn_range(args.moving, moving)
     _warn_range(args.fixed, fixed)
-    reg = Registrar(args.model, args.fixed, fixed, fixed_affine)
+    reg = Registrar(args.model, args.fixed, fixed, fixed_affine, xla=args.xla)
     reg.check(args.moving, moving)
     t_load = time.perf_counter() - t0
 
@@ -262,7 +266,7 @@ def _batch(args):
     total = len(jobs) + skipped
     failed = []
     t0 = time.perf_counter()
-    reg = Registrar(args.model, args.fixed)
+    reg = Registrar(args.model, args.fixed, xla=args.xla)
 
     def read(path):
         vol, affine = load_volfile(path, ret_affine=True, check_finite=True)

@@ -59,6 +59,9 @@ def build_parser():
                    help='labels of that Dice loss (default: the 30 structures, or the atlas seg labels)')
     p.add_argument('--mixed-precision', dest='mixed_precision', action='store_true',
                    help='GPU: float16 convolutions (the field, the warp and the losses stay float32)')
+    p.add_argument('--xla', default='auto', choices=['auto', 'on', 'off'],
+                   help="XLA compilation of the training step: 'auto' (Keras: on GPUs, off on CPUs, "
+                        "where it measured slower, see bench/RESULTS.md), 'on' or 'off'")
     p.add_argument('--tensorboard', action='store_true', help='also log to <model-dir>/tensorboard')
     return p
 
@@ -228,7 +231,8 @@ def main(argv=None):
                 trained = networks.seg_supervised(model, seg_labels)
                 loss_fns.append(losses.Dice(labels=seg_labels))
                 loss_weights.append(args.seg_weight)
-            trained.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights)
+            trained.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights,
+                            jit_compile={'auto': 'auto', 'on': True, 'off': False}[args.xla])
             if args.load_model:
                 restored = load_optimizer_state(trained, args.load_model)
                 if restored:
