@@ -347,8 +347,9 @@ def _best(times):
 
 
 def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pair=None,
-                  peer_model=os.path.join(REPO, 'models', 'vm2_scan2scan.h5')):
+                  peer_model=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'), note=None):
     lines = ['# vxm-keras benchmark', '', f'Machine: {machine_description()}', '',
+             *([f'Note: {note}', ''] if note else []),
              f'Command: `python -m vxm_keras.bench {" ".join(sys.argv[1:])}`'.replace('  ', ' '), '',
              f'Times in seconds, best / median of {repeats} runs after a warm-up; '
              'memory is the peak resident set of the measuring process (MiB). Every measurement runs '
@@ -463,6 +464,7 @@ def main(argv=None):
                              '../shared/data/freesurfer, prepared on the fly)')
     parser.add_argument('--peer-model', dest='peer_model', default=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'),
                         help='the VM-2 model run on that pair (default models/vm2_scan2scan.h5)')
+    parser.add_argument('--note', default=None, help='a line for the report, e.g. what else ran on the machine')
     parser.add_argument('--worker', nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -479,7 +481,7 @@ def main(argv=None):
         sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes]
         repeats, models = args.repeats, args.models
     run_benchmark(sizes, models, repeats, args.out, args.batch_scans, peers=args.peers, pair=args.pair,
-                  peer_model=args.peer_model)
+                  peer_model=args.peer_model, note=args.note)
     return 0
 
 
