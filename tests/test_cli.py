@@ -321,6 +321,16 @@ def test_train_template_on_scans_with_attributes(dataset, tmp_path):
     assert template.shape == (16, 16, 16)
     template_seg = load_volfile(run2 / 'template.npz', key='seg')
     assert template_seg.shape == (16, 16, 16) and set(np.unique(template_seg)) <= {0, 17}
+    # resumed from its checkpoint: epoch 2 follows epoch 1 in the same log
+    proc = script('train_template.py', '--data-dir', dataset / 'train', '--downsize', 2, '--int-downsize', 1,
+                  '--epochs', 2, '--steps-per-epoch', 1, '--batch-size', 2, '--model-dir', run2,
+                  '--load-model', run2 / '0001.h5')
+    assert 'resuming from' in proc.stdout and os.path.exists(run2 / '0002.h5')
+    with open(run2 / 'training_log.csv') as f:
+        assert [r['epoch'] for r in csv.DictReader(f)] == ['0', '1']
+    err = user_error(script('train_template.py', '--data-dir', dataset / 'train', '--epochs', 3,
+                            '--model-dir', run2, '--load-model', dataset / 'run' / '0002.h5', check=False))
+    assert 'not a template model' in err
     (tmp_path / 'bad.csv').write_text('file,age\ns0.npz,30\n')
     err = user_error(script('train_template.py', '--data-dir', dataset / 'train', '--attributes',
                             tmp_path / 'bad.csv', '--model-dir', tmp_path / 'r3', check=False))

@@ -34,6 +34,16 @@ def setup_device(gpu):
     return len(ids)
 
 
+def initial_epoch(load_model, given=None):
+    """The epoch a resumed run starts from: ``given`` when set, else the number in a
+    checkpoint name like ``0010.h5``, else 0."""
+    import re
+    if given is not None:
+        return given
+    m = re.fullmatch(r'(\d+)\.h5', os.path.basename(load_model or ''))
+    return int(m.group(1)) if m else 0
+
+
 def check_output(path, overwrite):
     """Refuse an output path that exists (without ``overwrite``) or whose folder is missing or read-only."""
     if path is None:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 from ..cli import fail, run, setup_device
+from ..cli import initial_epoch as initial_epoch_from
 
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'data')
 DEFAULT_ATLAS = os.path.join(REPO_DATA, 'atlas.npz')
@@ -64,16 +65,6 @@ def build_parser():
                         "where it measured slower, see bench/RESULTS.md), 'on' or 'off'")
     p.add_argument('--tensorboard', action='store_true', help='also log to <model-dir>/tensorboard')
     return p
-
-
-def _initial_epoch(args):
-    if args.initial_epoch is not None:
-        return args.initial_epoch
-    if args.load_model:
-        m = re.fullmatch(r'(\d+)\.h5', os.path.basename(args.load_model))
-        if m:
-            return int(m.group(1))
-    return 0
 
 
 def _strategy(tf, n_gpus):
@@ -163,7 +154,7 @@ def main(argv=None):
     lam = args.lam if args.lam is not None else (1.0 if args.image_loss == 'ncc' else 0.01)
     if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
         fail('--epochs, --steps-per-epoch and --batch-size must be positive')
-    initial_epoch = _initial_epoch(args)
+    initial_epoch = initial_epoch_from(args.load_model, args.initial_epoch)
     if initial_epoch >= args.epochs:
         fail(f'initial epoch {initial_epoch} is not below --epochs {args.epochs}: nothing to train')
 

@@ -29,6 +29,7 @@ import os
 import sys
 
 from ..cli import fail, run, setup_device
+from ..cli import initial_epoch as initial_epoch_from
 
 
 def build_parser():
@@ -110,11 +111,7 @@ def _read_attributes(path, files):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_device(args.gpu)
-    initial_epoch = args.initial_epoch
-    if initial_epoch is None:
-        import re
-        m = re.fullmatch(r'(\d+)\.h5', os.path.basename(args.load_model or ''))
-        initial_epoch = int(m.group(1)) if m else 0
+    initial_epoch = initial_epoch_from(args.load_model, args.initial_epoch)
     if initial_epoch >= args.epochs:
         fail(f'initial epoch {initial_epoch} is not below --epochs {args.epochs}: nothing to train')
 
