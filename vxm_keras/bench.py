@@ -55,7 +55,7 @@ def work_forward(p):
     model = _model(p['model'], p['shape'])
     x = [tf.constant(a) for a in _inputs(p['shape'])]
     out = {}
-    for jit in (False, True):
+    for jit in (False, True) if p.get('xla', True) else (False,):
         fn = tf.function(lambda a, b: model([a, b], training=False), jit_compile=jit)
         try:
             out['xla' if jit else 'plain'] = _timeit(lambda: [t.numpy() for t in fn(*x)], p['repeats'])
@@ -252,7 +252,7 @@ SHARED_FREESURFER = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'frees
 PAPER_CPU_SECONDS = 144.0  # VM-2 per pair on a CPU, CVPR 2018 Table 1
 
 
-def _registration_rows(tmp, shape, models, repeats, batch_scans):
+def _registration_rows(tmp, shape, models, repeats, batch_scans, xla=True):
     """Forward, training step and register.py end to end for each model at one size."""
     import numpy as np
 
@@ -275,10 +275,10 @@ def _registration_rows(tmp, shape, models, repeats, batch_scans):
         vxm_keras.save_model(_model(name, shape), model_file, overwrite=True)
         train_repeats = max(1, repeats - 1)
         row = {'tag': tag, 'model': name,
-               'forward': _run_worker('forward', {'model': name, 'shape': shape, 'repeats': repeats}),
+               'forward': _run_worker('forward', {'model': name, 'shape': shape, 'repeats': repeats, 'xla': xla}),
                'train': _run_worker('train', {'model': name, 'shape': shape, 'repeats': train_repeats}),
                'train_xla': _run_worker('train', {'model': name, 'shape': shape, 'repeats': train_repeats,
-                                                  'jit': True})}
+                                                  'jit': True}) if xla else {}}
         reg_params = {'moving': moving, 'fixed': fixed, 'model_file': model_file,
                       'moved': os.path.join(tmp, 'moved.npz'), 'moved_seg': os.path.join(tmp, 'ms.npz')}
         row['register'] = [_run_worker('register', reg_params) for _ in range(repeats)]
@@ -347,7 +347,7 @@ def _best(times):
 
 
 def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pair=None,
-                  peer_model=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'), note=None):
+                  peer_model=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'), note=None, xla=True):
     lines = ['# vxm-keras benchmark', '', f'Machine: {machine_description()}', '',
              *([f'Note: {note}', ''] if note else []),
              f'Command: `python -m vxm_keras.bench {" ".join(sys.argv[1:])}`'.replace('  ', ' '), '',
@@ -357,7 +357,7 @@ def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pa
     rows, blocks, peer = [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         for shape in sizes:
-            r, b = _registration_rows(tmp, shape, models, repeats, batch_scans)
+            r, b = _registration_rows(tmp, shape, models, repeats, batch_scans, xla=xla)
             rows += r
             blocks.append(b)
         if peers:
@@ -398,8 +398,9 @@ def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pa
         train, xla = row['train'], row['train_xla']
         full, unet = train.get('full', {}), train.get('unet', {})
         over = f'{100 * (full["best"] / unet["best"] - 1):.0f} %' if 'best' in full and 'best' in unet else 'n/a'
+        xla_peak = f'{xla["maxrss_mib"]:.0f}' if 'maxrss_mib' in xla else 'n/a'
         lines.append(f'| {row["tag"]} | {row["model"]} | {_fmt(full)} | {_fmt(xla.get("full"))} | {_fmt(unet)} | '
-                     f'{over} | {train.get("maxrss_mib", 0):.0f} | {xla.get("maxrss_mib", 0):.0f} |')
+                     f'{over} | {train.get("maxrss_mib", 0):.0f} | {xla_peak} |')
     lines += ['', '## Building blocks', '',
               '| size | NCC fwd+bwd (separable) | NCC fwd+bwd dense 9^3 (original) | speed-up | relative '
               'difference of the loss | warp (SpatialTransformer) | scipy map_coordinates | speed-up |',
@@ -464,6 +465,8 @@ def main(argv=None):
                              '../shared/data/freesurfer, prepared on the fly)')
     parser.add_argument('--peer-model', dest='peer_model', default=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'),
                         help='the VM-2 model run on that pair (default models/vm2_scan2scan.h5)')
+    parser.add_argument('--no-xla', dest='xla', action='store_false',
+                        help='skip the XLA runs (on CPUs they take most of the benchmark time)')
     parser.add_argument('--note', default=None, help='a line for the report, e.g. what else ran on the machine')
     parser.add_argument('--worker', nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -481,7 +484,7 @@ def main(argv=None):
         sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes]
         repeats, models = args.repeats, args.models
     run_benchmark(sizes, models, repeats, args.out, args.batch_scans, peers=args.peers, pair=args.pair,
-                  peer_model=args.peer_model, note=args.note)
+                  peer_model=args.peer_model, note=args.note, xla=args.xla)
     return 0
 
 
