@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -202,7 +203,7 @@ def work_ants(p):
     moved_seg = ants.apply_transforms(fixed, moving_seg, reg['fwdtransforms'], interpolator='nearestNeighbor')
     seconds = time.perf_counter() - t
     np.save(p['moved_seg'], np.rint(moved_seg.numpy()).astype(np.int32))
-    return {'seconds': seconds, 'threads': os.environ.get('ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS', 'all cores')}
+    return {'seconds': seconds}
 
 
 WORKERS = {'forward': work_forward, 'train': work_train, 'ncc': work_ncc, 'warp': work_warp,
@@ -350,7 +351,7 @@ def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pa
                   peer_model=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'), note=None, xla=True):
     lines = ['# vxm-keras benchmark', '', f'Machine: {machine_description()}', '',
              *([f'Note: {note}', ''] if note else []),
-             f'Command: `python -m vxm_keras.bench {" ".join(sys.argv[1:])}`'.replace('  ', ' '), '',
+             f'Command: `{shlex.join(["python", "-m", "vxm_keras.bench", *sys.argv[1:]])}`', '',
              f'Times in seconds, best / median of {repeats} runs after a warm-up; '
              'memory is the peak resident set of the measuring process (MiB). Every measurement runs '
              'in its own process; ratios compare numbers of this run.', '']

@@ -317,10 +317,9 @@ class UpsampleConcatConv(keras.layers.Layer):
 
     def call(self, inputs):
         low, skip = inputs
-        fold = tf.constant(_FOLD_UPSAMPLE, dtype=self.kernel.dtype)
+        fold = tf.constant(_FOLD_UPSAMPLE, dtype=low.dtype)
         k_low, k_skip = self.kernel[..., :self.c_low, :], self.kernel[..., self.c_low:, :]
         k_low, k_skip = tf.cast(k_low, low.dtype), tf.cast(k_skip, skip.dtype)
-        fold = tf.cast(fold, low.dtype)
         out_shape = tf.concat([tf.shape(skip)[:-1], [self.filters]], 0)
         if self.ndim == 3:
             # transposed-conv kernels are (*taps, out, in)

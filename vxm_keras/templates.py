@@ -28,16 +28,27 @@ def template_segmentation(model, images, segs, attributes=None, batch_size=1):
         ``(*spatial)`` int32 label map.
     """
     from .networks import nn_transformer
-    net = model.warp_model(inverse=True)
     nn = nn_transformer(images.shape[1:])
-    warped = []
-    for start in range(0, len(images), batch_size):
-        x = np.asarray(images[start:start + batch_size], np.float32)[..., None]
-        inputs = [x, np.asarray(attributes[start:start + batch_size], np.float32)] if attributes is not None else x
-        inverse = net.predict_on_batch(inputs)[2]
-        seg = np.asarray(segs[start:start + batch_size], np.float32)[..., None]
-        warped.append(np.rint(np.asarray(nn.predict_on_batch([seg, inverse]))[..., 0]).astype(np.int32))
+    warped = [_warp_labels(nn, segs[start:stop], to_template)
+              for start, stop, to_template in _registrations(model, images, attributes, batch_size, inverse=True)]
     return majority_vote(np.concatenate(warped))
+
+
+def _registrations(model, images, attributes, batch_size, inverse):
+    """Register the template to ``images`` in batches; yield ``(start, stop, field)`` with the
+    template-to-image displacement, or with ``inverse=True`` the image-to-template one."""
+    net = model.warp_model(inverse=inverse)
+    for start in range(0, len(images), batch_size):
+        stop = start + batch_size
+        x = np.asarray(images[start:stop], np.float32)[..., None]
+        inputs = [x, np.asarray(attributes[start:stop], np.float32)] if attributes is not None else x
+        yield start, stop, np.asarray(net.predict_on_batch(inputs)[2 if inverse else 1])
+
+
+def _warp_labels(nn, segs, field):
+    """``(batch, *spatial)`` label maps warped by ``field`` with the nearest-neighbour model ``nn``."""
+    moved = nn.predict_on_batch([np.asarray(segs, np.float32)[..., None], field])
+    return np.rint(np.asarray(moved)[..., 0]).astype(np.int32)
 
 
 def downsize_images(images, factor):
@@ -75,15 +86,10 @@ def template_to_subjects(model, template_seg, images, attributes=None, batch_siz
         displacements ``(n, *spatial, ndim)`` (voxel units, ``ij``) that produced them.
     """
     from .networks import nn_transformer
-    net = model.warp_model()
     nn = nn_transformer(images.shape[1:])
-    seg = np.asarray(template_seg, np.float32)[None, ..., None]
+    template_seg = np.asarray(template_seg)[None]
     segs, warps = [], []
-    for start in range(0, len(images), batch_size):
-        x = np.asarray(images[start:start + batch_size], np.float32)[..., None]
-        inputs = [x, np.asarray(attributes[start:start + batch_size], np.float32)] if attributes is not None else x
-        warp = np.asarray(net.predict_on_batch(inputs)[1])
-        moved = nn.predict_on_batch([np.repeat(seg, len(x), axis=0), warp])
-        segs.append(np.rint(np.asarray(moved)[..., 0]).astype(np.int32))
+    for _, _, warp in _registrations(model, images, attributes, batch_size, inverse=False):
+        segs.append(_warp_labels(nn, np.repeat(template_seg, len(warp), axis=0), warp))
         warps.append(warp)
     return np.concatenate(segs), np.concatenate(warps)
