@@ -390,3 +390,18 @@ def test_evaluate_and_prepare_bad_inputs(dataset, tmp_path):
         proc = subprocess.run([sys.executable, '-m', 'vxm_keras.prepare', *map(str, args)], env=env,
                               capture_output=True, text=True)
         assert message in user_error(proc), proc.stderr
+
+
+def test_train_init_weights_starts_vm2diff_from_a_vm1_checkpoint(dataset, tmp_path):
+    run = tmp_path / 'run'
+    proc = script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz',
+                  '--model', 'vm2diff', '--init-weights', dataset / 'run' / '0002.h5',
+                  '--epochs', 1, '--steps-per-epoch', 1, '--model-dir', run)
+    assert '8 layers copied' in proc.stdout and '3 start fresh' in proc.stdout, proc.stdout
+    assert os.path.isfile(run / '0001.h5')
+    both = script('train.py', '--data-dir', dataset / 'train', '--init-weights', dataset / 'run' / '0002.h5',
+                  '--load-model', dataset / 'run' / '0002.h5', '--model-dir', tmp_path / 'x', check=False)
+    assert 'pass only one' in user_error(both)
+    missing = script('train.py', '--data-dir', dataset / 'train', '--model', 'vm2diff',
+                     '--init-weights', tmp_path / 'none.h5', '--model-dir', tmp_path / 'y', check=False)
+    assert 'none.h5' in user_error(missing)

@@ -255,3 +255,25 @@ def test_upsample_concat_conv_gradients_match_the_original(rng, ndim):
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
     config = layer.get_config()
     assert UpsampleConcatConv.from_config(config).filters == 4
+
+
+def test_transfer_weights_copies_the_shared_unet_layers_only():
+    source = networks.vm2((32, 32))
+    target = networks.vm2diff((32, 32))
+    before = {layer.name: layer.get_weights() for layer in target.layers if layer.get_weights()}
+    copied, skipped = networks.transfer_weights(source, target)
+    shared = [f'enc_{i}_conv' for i in range(4)] + [f'dec_{i}_conv' for i in range(4)]
+    assert copied == shared
+    # VM-2's dec_4 has 32 features, vm2diff's 16; the heads exist only in vm2diff
+    assert skipped == ['dec_4_conv', 'flow_mean', 'flow_log_sigma']
+    for name in shared:
+        for a, b in zip(target.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    for name in skipped:
+        for a, b in zip(target.get_layer(name).get_weights(), before[name]):
+            np.testing.assert_array_equal(a, b)
+    # copied weights do change the network: the half-resolution features now equal VM-2's
+    x = np.random.default_rng(0).random((1, 32, 32, 2)).astype(np.float32)
+    feats = [keras.Model(m.get_layer('moving_fixed').output, m.get_layer('dec_3_act').output)
+             for m in (source, target)]
+    np.testing.assert_allclose(feats[0](x), feats[1](x), atol=1e-6)

@@ -494,6 +494,31 @@ def load_model(path, compile=False):
         raise ModelFileError(f'{path}: cannot be loaded as a vxm_keras model: {err}') from err
 
 
+def transfer_weights(source, target):
+    """Copy into ``target`` the weights of every layer of ``source`` with the same name
+    and the same weight shapes (e.g. the encoder and first decoder levels of a trained
+    VM-2 into a new ``vm2diff``, whose U-Net names its layers the same way).
+
+    Returns ``(copied, skipped)``: names of the layers copied, and of the layers of
+    ``target`` that have weights but got none (no such layer in ``source``, or
+    other shapes). Both models must be built.
+    """
+    by_name = {layer.name: layer for layer in source.layers}
+    copied, skipped = [], []
+    for layer in target.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        src = by_name.get(layer.name)
+        src_weights = src.get_weights() if src is not None else []
+        if len(src_weights) == len(weights) and all(a.shape == b.shape for a, b in zip(src_weights, weights)):
+            layer.set_weights(src_weights)
+            copied.append(layer.name)
+        else:
+            skipped.append(layer.name)
+    return copied, skipped
+
+
 def count_params(model):
     """Number of trainable parameters."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))

@@ -42,6 +42,9 @@ def build_parser():
                    help='where checkpoints and the log go (default runs/train)')
     p.add_argument('--load-model', '--load_model_file', dest='load_model', default=None,
                    help='resume from this .h5')
+    p.add_argument('--init-weights', dest='init_weights', default=None,
+                   help='start a new model from the weights of this trained model, layer by layer where '
+                        'names and shapes match (e.g. a VM-2 .h5 for a vm2diff run); the rest starts fresh')
     p.add_argument('--initial-epoch', '--initial_epoch', dest='initial_epoch', type=int, default=None)
     p.add_argument('--seed', type=int, default=None)
     p.add_argument('--int-steps', '--int_steps', dest='int_steps', type=int, default=0,
@@ -154,6 +157,11 @@ def main(argv=None):
     lam = args.lam if args.lam is not None else (1.0 if args.image_loss == 'ncc' else 0.01)
     if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
         fail('--epochs, --steps-per-epoch and --batch-size must be positive')
+    if args.init_weights and args.load_model:
+        fail('--init-weights starts a new model and --load-model resumes one: pass only one')
+    for path in (args.init_weights, args.load_model):
+        if path and not os.path.isfile(path):
+            fail(f'{path}: model file not found')
     initial_epoch = initial_epoch_from(args.load_model, args.initial_epoch)
     if initial_epoch >= args.epochs:
         fail(f'initial epoch {initial_epoch} is not below --epochs {args.epochs}: nothing to train')
@@ -216,6 +224,17 @@ def main(argv=None):
                                       unet_downsize=args.unet_downsize)
                 except ValueError as err:
                     fail(str(err))
+                if args.init_weights:
+                    try:
+                        source = networks.load_model(args.init_weights)
+                    except (FileNotFoundError, ValueError) as err:
+                        fail(str(err))
+                    copied, skipped = networks.transfer_weights(source, model)
+                    if not copied:
+                        fail(f'{args.init_weights}: no layer matches the new model by name and shape')
+                    print(f'weights from {args.init_weights}: {len(copied)} layers copied ({", ".join(copied)}); '
+                          f'{len(skipped)} start fresh ({", ".join(skipped) or "none"})', flush=True)
+                    del source
             loss_fns, loss_weights = _losses(args, model, lam)
             trained = model
             if args.seg_weight > 0:
