@@ -6,6 +6,7 @@ from scipy.ndimage import map_coordinates
 
 from conftest import smooth_field
 from vxm_keras.layers import RescaleTransform, SpatialTransformer, VecInt
+from vxm_keras.spatial import upsample_linear
 
 SHAPES = [(20, 23), (12, 14, 11)]
 
@@ -137,7 +138,7 @@ def test_vecint_inverse_composes_to_identity(rng, shape):
     assert np.abs(composed[interior]).max() < 0.05
 
 
-@pytest.mark.parametrize('factor', [2.0, 0.5])
+@pytest.mark.parametrize('factor', [2.0, 4.0, 0.5, 1.5])
 def test_rescale_transform_matches_map_coordinates(rng, factor):
     shape = (8, 10, 12)
     disp = smooth_field(rng, shape, 2.0)
@@ -148,6 +149,26 @@ def test_rescale_transform_matches_map_coordinates(rng, factor):
     ref = np.stack([map_coordinates(disp[..., d].astype(np.float64), grid, order=1, mode='nearest')
                     for d in range(3)], -1) * factor
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape,factor', [((5, 7), 2), ((4, 5, 6), 3), ((3, 4, 5), 2)])
+def test_upsample_linear_matches_map_coordinates_and_its_gradient_is_the_adjoint(rng, shape, factor):
+    x = rng.standard_normal((2, *shape, 2)).astype(np.float32)
+    out = upsample_linear(tf.constant(x), factor).numpy()
+    new = [n * factor for n in shape]
+    grid = np.meshgrid(*[np.arange(n) / factor for n in new], indexing='ij')
+    ref = np.stack([np.stack([map_coordinates(x[b, ..., c].astype(np.float64), grid, order=1, mode='nearest')
+                              for c in range(2)], -1) for b in range(2)])
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    # linear map: <U x, y> == <x, U^T y> with U^T from the gradient
+    y = rng.standard_normal(out.shape).astype(np.float32)
+    tx = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tx)
+        value = tf.reduce_sum(upsample_linear(tx, factor) * y)
+    adjoint = tape.gradient(value, tx).numpy()
+    np.testing.assert_allclose(float(value), float(np.sum(x * adjoint)), rtol=1e-4)
+    np.testing.assert_allclose(float(value), float(np.sum(ref * y)), rtol=1e-4)
 
 
 def test_transformer_rejects_mismatched_shapes():

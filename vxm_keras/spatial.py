@@ -53,17 +53,36 @@ def interpn(vol, loc, interp_method='linear', fill_value=None):
     Returns:
         ``(batch, *out_spatial, channels)`` tensor, float32.
     """
+    loc = tf.cast(loc, tf.float32)
+    ndim = len(vol.shape) - 2
+    if loc.shape[-1] != ndim:
+        raise ValueError(f'loc has {loc.shape[-1]} components, but the volume has {ndim} spatial dims')
+    return _interp_components(vol, tf.unstack(loc, axis=-1), interp_method, fill_value)
+
+
+def _interp_components(vol, comps, interp_method='linear', fill_value=None):
+    """:func:`interpn` with the locations given as ``ndim`` tensors, one per axis, that
+    broadcast to ``(batch, *out_spatial)``: :func:`transform` adds a 1-D index range to
+    each displacement component and never builds the full identity grid, which TF's
+    graph optimiser would otherwise fold into a constant of the volume's size (seconds
+    and gigabytes on the first call)."""
     if interp_method not in ('linear', 'nearest'):
         raise ValueError(f"interp_method must be 'linear' or 'nearest', got {interp_method!r}")
     vol = tf.cast(vol, tf.float32)
-    loc = tf.cast(loc, tf.float32)
-
     volshape = vol.shape[1:-1]
     ndim = len(volshape)
-    if loc.shape[-1] != ndim:
-        raise ValueError(f'loc has {loc.shape[-1]} components, but the volume has {ndim} spatial dims')
     if any(n is None for n in volshape):
         raise ValueError(f'interpn needs static spatial dimensions, got {vol.shape}')
+    comps = [tf.cast(c, tf.float32) for c in comps]
+    out_shape = comps[0].shape
+    for c in comps[1:]:
+        out_shape = tf.broadcast_static_shape(out_shape, c.shape)
+    dyn_shape = tf.shape(comps[0])
+    for c in comps[1:]:
+        dyn_shape = tf.broadcast_dynamic_shape(dyn_shape, tf.shape(c))
+    comps = [tf.broadcast_to(c, dyn_shape) for c in comps]
+    for c in comps:
+        c.set_shape(out_shape)
 
     nvox = int(np.prod(volshape))
     channels = tf.shape(vol)[-1]
@@ -71,10 +90,9 @@ def interpn(vol, loc, interp_method='linear', fill_value=None):
     # gather from a flat (batch * nvox, channels) table: one gather per corner
     flat = tf.reshape(vol, [-1, channels])
     strides = [int(np.prod(volshape[d + 1:])) for d in range(ndim)]
-    out_rank = len(loc.shape) - 1  # batch + out_spatial
+    out_rank = len(out_shape)  # batch + out_spatial
     batch_offset = tf.reshape(tf.range(batch) * nvox, [-1] + [1] * (out_rank - 1))
     max_loc = [float(n - 1) for n in volshape]
-    comps = tf.unstack(loc, axis=-1)
     # a NaN location would become an out-of-range index (a crash on CPU): sample at 0
     # instead and return NaN there, so a diverging field still shows up in the loss
     nan = None
@@ -150,8 +168,16 @@ def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None)
         disp = tf.stack(comps, axis=-1)
     elif indexing != 'ij':
         raise ValueError(f"indexing must be 'ij' or 'xy', got {indexing!r}")
-    loc = volshape_to_grid(volshape) + disp
-    return interpn(vol, loc, interp_method=interp_method, fill_value=fill_value)
+    comps = [c + _axis_range(volshape, d) for d, c in enumerate(tf.unstack(disp, axis=-1))]
+    return _interp_components(vol, comps, interp_method=interp_method, fill_value=fill_value)
+
+
+def _axis_range(volshape, axis):
+    """``0 .. n-1`` along spatial ``axis``, shaped ``(1, *ones, n, *ones)`` to broadcast
+    against ``(batch, *volshape)``."""
+    shape = [1] * (len(volshape) + 1)
+    shape[axis + 1] = int(volshape[axis])
+    return tf.reshape(tf.range(int(volshape[axis]), dtype=tf.float32), shape)
 
 
 def rescale_field(disp, factor):
@@ -173,10 +199,45 @@ def rescale_field(disp, factor):
     if factor == 1:
         return tf.cast(disp, tf.float32)
     volshape = disp.shape[1:-1]
+    if float(factor).is_integer() and factor > 1:
+        return upsample_linear(disp, int(factor)) * float(factor)
     newshape = [int(round(n * factor)) for n in volshape]
-    loc = volshape_to_grid(newshape) / float(factor)
-    loc = tf.broadcast_to(loc, tf.concat([tf.shape(disp)[:1], tf.shape(loc)], 0))
-    return interpn(disp, loc, 'linear') * float(factor)
+    comps = [_axis_range(newshape, d) / float(factor) for d in range(len(volshape))]
+    comps = [tf.broadcast_to(c, tf.concat([tf.shape(disp)[:1], newshape], 0)) for c in comps]
+    return _interp_components(disp, comps, 'linear') * float(factor)
+
+
+def upsample_linear(x, factor):
+    """Linear upsampling by an integer ``factor`` along every spatial axis, separably.
+
+    Output voxel ``i`` takes the input at ``i / factor`` (so voxel 0 stays at 0),
+    interpolating linearly between neighbours and repeating the last input voxel
+    beyond the border: the values of :func:`interpn` at those locations, computed
+    with slices and lerps instead of gathers (no index tensors of the output's size).
+
+    Args:
+        x: ``(batch, *spatial, channels)``.
+        factor: int >= 1.
+
+    Returns:
+        ``(batch, *spatial * factor, channels)`` float32 tensor.
+    """
+    y = tf.cast(x, tf.float32)
+    factor = int(factor)
+    if factor == 1:
+        return y
+    ndim = len(y.shape) - 2
+    for axis in range(1, ndim + 1):
+        n = y.shape[axis]
+        nxt = tf.concat([tf.gather(y, tf.range(1, n), axis=axis), tf.gather(y, [n - 1], axis=axis)], axis=axis)
+        step = nxt - y
+        # output index factor * k + r samples k + r / factor
+        y = tf.stack([y + (r / factor) * step for r in range(factor)], axis=axis + 1)
+        shape = tf.concat([tf.shape(y)[:axis], [n * factor], tf.shape(y)[axis + 2:]], 0)
+        static = y.shape[:axis].concatenate([n * factor]).concatenate(y.shape[axis + 2:])
+        y = tf.reshape(y, shape)
+        y.set_shape(static)
+    return y
 
 
 def box_sum(x, win):
