@@ -52,3 +52,31 @@ def test_shipped_models_load_by_name():
         model = keras.models.load_model(os.path.join(REPO, 'models', name), compile=False)
         assert isinstance(model, vxm_keras.networks.VxmDense)
         assert tuple(model.inputs[0].shape[1:-1]) == (160, 192, 224)
+
+
+def test_shipped_vm2diff_is_fold_free_and_its_inverse_undoes_it(tmp_path):
+    """register.py with models/vm2diff.h5 and --inverse-warp on the example scan and the atlas:
+    no folding, and the inverse composed with the forward field is close to the identity."""
+    from scipy.ndimage import map_coordinates
+    model = vxm_keras.load_model(os.path.join(REPO, 'models', 'vm2diff.h5'))
+    assert isinstance(model, vxm_keras.networks.VxmDenseProb)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'register.py'), '--moving',
+                           os.path.join(REPO, 'data', 'example_moving.npz'), '--model',
+                           os.path.join(REPO, 'models', 'vm2diff.h5'), '--warp', 'warp.npz',
+                           '--inverse-warp', 'inv.npz'], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    fwd, inv = load_volfile(tmp_path / 'warp.npz'), load_volfile(tmp_path / 'inv.npz')
+    assert folding_fraction(fwd) < 1e-5 and folding_fraction(inv) < 1e-5
+    assert np.abs(fwd).mean() > 0.2  # it does move voxels
+    # x -> x + fwd(x) -> that + inv(that): back to x; measured 0.39 voxel (median in the
+    # brain) for a median displacement of 2.46, against 0.87 when the field is simply negated
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in fwd.shape[:-1]], indexing='ij'), -1)
+    loc = np.moveaxis(grid + fwd, -1, 0)
+    brain = load_volfile(os.path.join(REPO, 'data', 'atlas.npz')) > 0.05
+
+    def residual(inverse):
+        at = np.stack([map_coordinates(inverse[..., d], loc, order=1, mode='nearest') for d in range(3)], -1)
+        return np.median(np.linalg.norm(fwd + at, axis=-1)[brain])
+    assert residual(inv) < 0.6 * residual(-fwd)
+    assert residual(inv) < 0.2 * np.median(np.linalg.norm(fwd, axis=-1)[brain])
