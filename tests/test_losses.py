@@ -166,3 +166,46 @@ def test_dice_from_integer_labels_equals_one_hot(rng):
     per_label = [2 * ((seg_t[0, ..., 0] == lab) * pred[0, ..., i]).sum()
                  / ((seg_t[0, ..., 0] == lab).sum() + pred[0, ..., i].sum()) for i, lab in enumerate(labels)]
     assert per_label[1] == pytest.approx(ref) and a[0] == pytest.approx(-np.mean(per_label), rel=1e-5)
+
+
+def test_fusion_off_gives_the_same_losses_and_gradients(tmp_path):
+    """VXM_XLA_FUSION=0 (losses op by op, no XLA) in a fresh process: the same values and
+    gradients as the XLA-compiled losses of this process."""
+    import os
+    import subprocess
+    import sys
+    rng = np.random.default_rng(5)
+    a, b = rng.random((2, 2, 12, 10, 8, 1)).astype(np.float32)
+    field = rng.standard_normal((2, 12, 10, 8, 6)).astype(np.float32)
+    np.savez(tmp_path / 'in.npz', a=a, b=b, field=field)
+    script = '''
+import sys
+import numpy as np
+import tensorflow as tf
+from vxm_keras import losses
+d = np.load(sys.argv[1])
+a, b, field = (tf.constant(d[k]) for k in ('a', 'b', 'field'))
+out = {}
+for name, fn, x, y in [('ncc', losses.NCC(), a, b), ('mse', losses.MSE(0.1), a, b),
+                       ('grad', losses.Grad('l2'), a, field[..., :3]), ('kl', losses.KL(25.0), a, field)]:
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        value = fn(x, y)
+    out[name] = value.numpy()
+    out[name + '_grad'] = tape.gradient(value, y).numpy()
+out['compiled'] = np.array(hasattr(losses._grad, 'get_concrete_function'))
+np.savez(sys.argv[2], **out)
+'''
+    results = []
+    for flag in ('1', '0'):
+        path = tmp_path / f'out{flag}.npz'
+        env = dict(os.environ, VXM_XLA_FUSION=flag, TF_CPP_MIN_LOG_LEVEL='3')
+        proc = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'in.npz'), str(path)],
+                              env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        results.append(dict(np.load(path)))
+    fused, plain = results
+    assert bool(fused.pop('compiled')) and not bool(plain.pop('compiled'))
+    for key in fused:
+        assert np.abs(fused[key]).max() > 0, key
+        np.testing.assert_allclose(fused[key], plain[key], rtol=1e-4, atol=1e-6, err_msg=key)
