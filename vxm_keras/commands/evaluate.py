@@ -98,6 +98,7 @@ def main(argv=None):
         if atlas_mode:
             atlas = load_volfile(args.atlas, check_finite=True).astype(np.float32)
             atlas_seg = load_volfile(args.atlas, key='seg').astype(np.int32)
+            atlas_tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
         elif len(scans) < 2:
             fail('scan-to-scan evaluation needs at least 2 test scans')
         for name, vol, _ in scans:
@@ -122,9 +123,8 @@ def main(argv=None):
                 seconds.append(sec)
                 folding.append(folding_fraction(warp))
                 warped[name] = (seg, moved_seg)
-                tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
-                _score(rows, f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, tissue_labels)
-                _score(rows, f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, tissue_labels)
+                _score(rows, f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels)
+                _score(rows, f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, atlas_tissue_labels)
             for a, b in itertools.combinations(warped, 2):
                 common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
                 _score(rows, f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)

@@ -174,6 +174,7 @@ def _single(args):
         fixed, fixed_affine = reads['fixed'].result()
         moving_seg = reads['moving_seg'].result() if args.moving_seg else None
         fixed_seg = reads['fixed_seg'].result() if args.fixed_seg else None
+    # the pair is checked before the model loads, so a bad input fails without waiting for TensorFlow
     if moving.ndim not in (2, 3):
         fail(f'{args.moving}: expected a 2-D or 3-D scan, got shape {moving.shape}')
     if moving.shape != fixed.shape:
