@@ -405,3 +405,16 @@ def test_train_init_weights_starts_vm2diff_from_a_vm1_checkpoint(dataset, tmp_pa
     missing = script('train.py', '--data-dir', dataset / 'train', '--model', 'vm2diff',
                      '--init-weights', tmp_path / 'none.h5', '--model-dir', tmp_path / 'y', check=False)
     assert 'none.h5' in user_error(missing)
+
+
+@pytest.mark.parametrize('name', ['train.py', 'train_template.py'])
+@pytest.mark.parametrize('args, message', [
+    (['--epochs', 0], '--epochs must be positive, got 0'),
+    (['--steps-per-epoch', -3], '--steps-per-epoch must be positive, got -3'),
+    (['--batch-size', 0], '--batch-size must be positive, got 0'),
+    (['--load-model', 'missing/0004.h5'], 'missing/0004.h5: model file not found'),
+])
+def test_training_scripts_check_the_schedule_before_loading_tensorflow(name, args, message, tmp_path):
+    proc = script(name, '--data-dir', tmp_path, '--model-dir', tmp_path / 'run', *args, check=False)
+    assert message in user_error(proc)
+    assert not os.path.exists(tmp_path / 'run')

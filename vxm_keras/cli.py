@@ -44,6 +44,30 @@ def initial_epoch(load_model, given=None):
     return int(m.group(1)) if m else 0
 
 
+def check_schedule(args):
+    """Check a training command's schedule and model files before TensorFlow loads.
+
+    ``args`` has ``epochs``, ``steps_per_epoch``, ``batch_size`` (optional),
+    ``load_model``, ``initial_epoch`` and optionally ``init_weights``. Returns the
+    epoch the run starts from (see :func:`initial_epoch`).
+    """
+    sizes = {'--epochs': args.epochs, '--steps-per-epoch': args.steps_per_epoch,
+             '--batch-size': getattr(args, 'batch_size', 1)}
+    for flag, value in sizes.items():
+        if value < 1:
+            fail(f'{flag} must be positive, got {value}')
+    init_weights = getattr(args, 'init_weights', None)
+    if init_weights and args.load_model:
+        fail('--init-weights starts a new model and --load-model resumes one: pass only one')
+    for path in (init_weights, args.load_model):
+        if path and not os.path.isfile(path):
+            fail(f'{path}: model file not found')
+    start = initial_epoch(args.load_model, args.initial_epoch)
+    if start >= args.epochs:
+        fail(f'initial epoch {start} is not below --epochs {args.epochs}: nothing to train')
+    return start
+
+
 def check_output(path, overwrite):
     """Refuse an output path that exists (without ``overwrite``) or whose folder is missing or read-only."""
     if path is None:

@@ -13,8 +13,7 @@ import re
 import sys
 import tempfile
 
-from ..cli import fail, run, setup_device
-from ..cli import initial_epoch as initial_epoch_from
+from ..cli import check_schedule, fail, run, setup_device
 
 REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'data')
 DEFAULT_ATLAS = os.path.join(REPO_DATA, 'atlas.npz')
@@ -155,16 +154,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     n_gpus = setup_device(args.gpu)
     lam = args.lam if args.lam is not None else (1.0 if args.image_loss == 'ncc' else 0.01)
-    if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
-        fail('--epochs, --steps-per-epoch and --batch-size must be positive')
-    if args.init_weights and args.load_model:
-        fail('--init-weights starts a new model and --load-model resumes one: pass only one')
-    for path in (args.init_weights, args.load_model):
-        if path and not os.path.isfile(path):
-            fail(f'{path}: model file not found')
-    initial_epoch = initial_epoch_from(args.load_model, args.initial_epoch)
-    if initial_epoch >= args.epochs:
-        fail(f'initial epoch {initial_epoch} is not below --epochs {args.epochs}: nothing to train')
+    initial_epoch = check_schedule(args)
 
     def body():
         import keras

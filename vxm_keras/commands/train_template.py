@@ -28,8 +28,7 @@ import csv
 import os
 import sys
 
-from ..cli import fail, run, setup_device
-from ..cli import initial_epoch as initial_epoch_from
+from ..cli import check_schedule, fail, run, setup_device
 
 
 def build_parser():
@@ -111,9 +110,7 @@ def _read_attributes(path, files):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_device(args.gpu)
-    initial_epoch = initial_epoch_from(args.load_model, args.initial_epoch)
-    if initial_epoch >= args.epochs:
-        fail(f'initial epoch {initial_epoch} is not below --epochs {args.epochs}: nothing to train')
+    initial_epoch = check_schedule(args)
 
     def body():
         import keras
