@@ -251,6 +251,7 @@ def _fmt(t):
 
 SHARED_FREESURFER = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'freesurfer')
 PAPER_CPU_SECONDS = 144.0  # VM-2 per pair on a CPU, CVPR 2018 Table 1
+SHORT_BATCH = 2  # scans in the short batch run that the long one is compared with
 
 
 def _registration_rows(tmp, shape, models, repeats, batch_scans, xla=True):
@@ -264,10 +265,16 @@ def _registration_rows(tmp, shape, models, repeats, batch_scans, xla=True):
     moving, fixed = os.path.join(tmp, f'm{tag}.npz'), os.path.join(tmp, f'f{tag}.npz')
     save_volfile(moving, rng.random(shape).astype(np.float32), extra={'seg': rng.integers(0, 5, shape)})
     save_volfile(fixed, rng.random(shape).astype(np.float32))
-    batch_dir = os.path.join(tmp, f'batch{tag}')
+    # a short and a long list: the difference of their wall times is the cost of one more scan
+    # once start-up, imports and model loading are paid
+    batch_dir, short_dir = os.path.join(tmp, f'batch{tag}'), os.path.join(tmp, f'short{tag}')
     os.makedirs(batch_dir)
+    os.makedirs(short_dir)
     for i in range(batch_scans):
-        save_volfile(os.path.join(batch_dir, f's{i}.npz'), rng.random(shape).astype(np.float32))
+        vol = rng.random(shape).astype(np.float32)
+        save_volfile(os.path.join(batch_dir, f's{i}.npz'), vol)
+        if i < SHORT_BATCH:
+            save_volfile(os.path.join(short_dir, f's{i}.npz'), vol)
     blocks = {'tag': tag, 'ncc': _run_worker('ncc', {'shape': shape, 'repeats': repeats}),
               'warp': _run_worker('warp', {'shape': shape, 'repeats': repeats})}
     rows = []
@@ -285,6 +292,9 @@ def _registration_rows(tmp, shape, models, repeats, batch_scans, xla=True):
         row['register'] = [_run_worker('register', reg_params) for _ in range(repeats)]
         row['batch'] = _run_worker('register', dict(reg_params, batch_dir=batch_dir,
                                                     out_dir=os.path.join(tmp, f'out{tag}{name}')))
+        row['batch_short'] = (_run_worker('register', dict(reg_params, batch_dir=short_dir,
+                                                           out_dir=os.path.join(tmp, f'short{tag}{name}')))
+                              if batch_scans > SHORT_BATCH else {})
         rows.append(row)
     return rows, blocks
 
@@ -368,8 +378,9 @@ def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pa
     lines += ['## Registration (random weights, random volumes)', '',
               '| size | model | forward | forward XLA | register.py end to end | end to end / forward | '
               'start-up + imports | read + model load | predict + label warp | write | '
-              'peak MiB forward | peak MiB register.py | batch: s per scan | batch per scan / forward |',
-              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+              'peak MiB forward | peak MiB register.py | batch: s per scan | batch per scan / forward | '
+              'batch: s per added scan | added scan / forward |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for row in rows:
         plain = row['forward'].get('plain', {})
         regs = [r for r in row['register'] if 'wall' in r]
@@ -382,16 +393,24 @@ def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pa
         batch = row['batch']
         per_scan = batch['wall'] / batch_scans if 'wall' in batch else None
         batch_ratio = f'{per_scan / plain["best"]:.2f}' if per_scan and 'best' in plain else 'n/a'
+        short = row['batch_short']
+        added = ((batch['wall'] - short['wall']) / (batch_scans - SHORT_BATCH)
+                 if 'wall' in batch and 'wall' in short else None)
+        added_ratio = f'{added / plain["best"]:.2f}' if added and 'best' in plain else 'n/a'
         peak_reg = max((r.get('maxrss_mib', 0) for r in regs), default=0)
         lines.append(f'| {row["tag"]} | {row["model"]} | {_fmt(plain)} | {_fmt(row["forward"].get("xla"))} | '
                      f'{_fmt(e2e)} | {ratio} | {start} | {" | ".join(part_cells)} | '
                      f'{row["forward"].get("maxrss_mib", 0):.0f} | {peak_reg:.0f} | '
-                     f'{"n/a" if per_scan is None else f"{per_scan:.2f}"} | {batch_ratio} |')
+                     f'{"n/a" if per_scan is None else f"{per_scan:.2f}"} | {batch_ratio} | '
+                     f'{"n/a" if added is None else f"{added:.2f}"} | {added_ratio} |')
     lines += ['', 'Forward: the model (U-Net, integration if any, warp) on one pair, in a `tf.function`. '
               'End to end: `register.py` with moving scan, labels and outputs as files, including Python '
               'start-up, imports, reading, model loading, prediction, nearest-neighbour label warp and '
               f'atomic writes. Batch: `register.py --moving DIR --out-dir OUT` over {batch_scans} scans '
-              '(one process; reading and writing overlap prediction), wall time per scan including start-up.',
+              '(one process; reading and writing overlap prediction), wall time per scan including start-up. '
+              f'Added scan: the wall time of that run minus that of the same command over {SHORT_BATCH} scans, '
+              f'per extra scan: what one more scan costs once start-up, imports and model loading are paid '
+              '(reading, prediction, warp and writing).',
               '', '## Training step (batch 1, NCC + Grad, Adam)', '',
               '| size | model | step | step XLA | bare U-Net step | warp + losses over the U-Net | '
               'peak MiB | peak MiB XLA |', '|---|---|---|---|---|---|---|---|']
@@ -434,7 +453,7 @@ def run_benchmark(sizes, models, repeats, out_path, batch_scans, peers=False, pa
                 lines += ['', f'The CVPR 2018 paper reports VM-2 at {PAPER_CPU_SECONDS:.0f} s per pair on a CPU: '
                           f'{PAPER_CPU_SECONDS / vxm["seconds"]:.1f}x the end-to-end time here.']
     errors = [(row['tag'], row['model'], k, row[k]['error']) for row in rows
-              for k in ('forward', 'train', 'train_xla', 'batch') if 'error' in row[k]]
+              for k in ('forward', 'train', 'train_xla', 'batch', 'batch_short') if 'error' in row[k]]
     errors += [(b['tag'], '', k, b[k]['error']) for b in blocks for k in ('ncc', 'warp') if 'error' in b[k]]
     errors += [(row['tag'], row['model'], 'register', r['error']) for row in rows for r in row['register']
                if 'error' in r]
@@ -456,7 +475,8 @@ def main(argv=None):
     parser.add_argument('--sizes', nargs='+', default=['80x96x112', '160x192x224'])
     parser.add_argument('--models', nargs='+', default=['vm1', 'vm2'], choices=['vm1', 'vm2'])
     parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--batch-scans', type=int, default=4, help='scans in the batch-throughput run')
+    parser.add_argument('--batch-scans', type=int, default=10,
+                        help=f'scans in the batch-throughput run (more than {SHORT_BATCH} for the added-scan cost)')
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'RESULTS.md'))
     parser.add_argument('--quick', action='store_true', help='tiny shapes, 1 repeat: checks the script runs')
     parser.add_argument('--peers', action='store_true',
