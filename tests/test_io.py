@@ -25,6 +25,25 @@ def test_round_trip(tmp_path, rng, ext, dtype):
     assert os.listdir(tmp_path) == [path.name], 'no temporary file left behind'
 
 
+def test_npz_is_a_compressed_numpy_archive(tmp_path, rng):
+    import zipfile
+    smooth = np.cumsum(rng.random((20, 24, 28)), axis=0).astype(np.float32)
+    labels = (smooth > smooth.mean()).astype(np.int32) * 17
+    fortran = np.asfortranarray(smooth[:, ::2])
+    path = tmp_path / 's.npz'
+    save_volfile(path, smooth, affine=AFFINE, extra={'seg': labels, 'strided': fortran})
+    with np.load(path) as plain:  # numpy's own reader
+        assert sorted(plain.files) == ['affine', 'seg', 'strided', 'vol']
+        np.testing.assert_array_equal(plain['vol'], smooth)
+        np.testing.assert_array_equal(plain['seg'], labels)
+        np.testing.assert_array_equal(plain['strided'], fortran)
+        assert plain['vol'].dtype == np.float32 and plain['seg'].dtype == np.int32
+    with zipfile.ZipFile(path) as archive:
+        assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+        seg_info = archive.getinfo('seg.npy')
+        assert seg_info.compress_size < seg_info.file_size / 10
+
+
 def test_npz_keys(tmp_path, rng):
     vol, seg = rng.random((6, 7, 8)).astype(np.float32), rng.integers(0, 5, (6, 7, 8))
     path = tmp_path / 'subject.npz'

@@ -164,6 +164,17 @@ def _image_dtype(array, ext):
     return array
 
 
+def _write_npz(path, arrays):
+    """An ``.npz`` as ``np.savez_compressed`` writes it, but at zlib level 1 (nibabel's
+    level for ``.nii.gz`` and ``.mgz``): on a brain scan 4x faster than numpy's level 6
+    for a file about 10 % larger."""
+    import zipfile
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, value in arrays.items():
+            with archive.open(name + '.npy', 'w', force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
 def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=None):
     """Write a volume atomically (temporary file in the same folder, then rename).
 
@@ -185,8 +196,7 @@ def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=Non
             arrays = {key: array, **(extra or {})}
             if affine is not None:
                 arrays['affine'] = np.asarray(affine, dtype=np.float64)
-            with open(tmp, 'wb') as f:  # a file object: numpy would append .npz to a bare name
-                np.savez_compressed(f, **arrays)
+            _write_npz(tmp, arrays)
         elif ext == '.npy':
             with open(tmp, 'wb') as f:
                 np.save(f, array)
