@@ -18,3 +18,12 @@ def test_bench_quick_writes_a_table(tmp_path):
     # the NCC of the benchmark agrees with the dense reference
     row = [line for line in text.splitlines() if line.startswith('| 32x32x32 | 0.')][0]
     assert float(row.split('|')[5]) < 1e-5
+
+
+def test_bench_reads_the_unet_resolution_of_a_saved_model(tmp_path):
+    import vxm_keras
+    from vxm_keras.bench import _unet_downsize
+    for downsize in (1, 2):
+        path = tmp_path / f'd{downsize}.h5'
+        vxm_keras.save_model(vxm_keras.vm2((64, 64), unet_downsize=downsize), path)
+        assert _unet_downsize(path) == downsize

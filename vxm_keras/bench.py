@@ -337,6 +337,17 @@ def _prepared_pair(tmp, pair):
     return out
 
 
+def _unet_downsize(model_file):
+    """The ``unet_downsize`` a saved model was built with (1 when the file does not say)."""
+    import h5py
+    with h5py.File(model_file, 'r') as f:
+        config = f.attrs.get('model_config')
+    if config is None:
+        return 1
+    config = json.loads(config.decode() if isinstance(config, bytes) else config)
+    return int(config.get('config', {}).get('unet_downsize', 1))
+
+
 def _peer_rows(tmp, pair, model_file, repeats):
     """VM-2 (register.py end to end) and ANTs SyN on the same real pair: seconds and Dice."""
     import importlib.util
@@ -358,7 +369,9 @@ def _peer_rows(tmp, pair, model_file, repeats):
                                      'moved': os.path.join(tmp, 'peer_vxm.npz'), 'moved_seg': moved_seg})
             for _ in range(repeats)]
     walls = [r['wall'] for r in regs if 'wall' in r]
-    rows.append({'method': f'VM-2 {os.path.basename(model_file)}, register.py end to end',
+    downsize = _unet_downsize(model_file)
+    where = 'U-Net at full resolution' if downsize == 1 else f'U-Net at 1/{downsize} resolution'
+    rows.append({'method': f'VM-2 {os.path.basename(model_file)} ({where}), register.py end to end',
                  'seconds': min(walls) if walls else None,
                  'dice': mean_dice(load_volfile(moved_seg)) if walls else None,
                  'error': None if walls else regs[0].get('error')})
