@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -22,3 +25,77 @@ def smooth_field(rng, shape, scale, sigma=3.0):
         c = gaussian_filter(rng.standard_normal(shape), sigma)
         comps.append(c / np.abs(c).max() * scale)
     return np.stack(comps, -1).astype(np.float32)
+
+
+def scipy_warp(vol, disp, order, mode='nearest', cval=0.0):
+    """Reference warp: ``vol`` ``(*S, C)`` sampled at ``x + disp(x)`` with scipy's map_coordinates."""
+    from scipy.ndimage import map_coordinates
+    shape = vol.shape[:-1]
+    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing='ij')
+    coords = [g + disp[..., d] for d, g in enumerate(grid)]
+    return np.stack([map_coordinates(vol[..., c].astype(np.float64), coords, order=order, mode=mode, cval=cval)
+                     for c in range(vol.shape[-1])], -1)
+
+
+def shared_pair(names=('sub-01', 'sub-02'), factor=2):
+    """Two real FreeSurfer subjects from ../shared/data, prepared (talairach.xfm, 1 mm, 160x192x224)
+    and block-averaged by ``factor`` (labels: every ``factor``-th voxel); skips when absent."""
+    folder = os.path.join(SHARED_DATA, 'freesurfer')
+    if not os.path.isdir(folder):
+        pytest.skip(f'{folder} not found (the shared FreeSurfer subjects)')
+    from vxm_keras.prepare import prepare_freesurfer_subject
+    from vxm_keras.templates import downsize_images
+    out = []
+    for name in names:
+        prepared = prepare_freesurfer_subject(os.path.join(folder, name))
+        vol, seg = prepared['vol'], prepared['seg']
+        out.append((downsize_images(vol[None], factor)[0].astype(np.float32),
+                    seg[(slice(None, None, factor),) * seg.ndim].astype(np.int32)))
+    return out
+
+
+# --- the scripts run as a user runs them (test_cli, test_safety) ---
+
+SHAPE = (32, 32, 32)
+AFFINE = np.array([[-1.0, 0, 0, 16], [0, 0, 1, -16], [0, -1, 0, 16], [0, 0, 0, 1]])
+
+
+def script(name, *args, check=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    proc = subprocess.run([sys.executable, os.path.join(REPO, name), *map(str, args)],
+                          capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+    return proc
+
+
+def user_error(proc):
+    """One 'error:' line, exit 2, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def blob(centre, radius=7.0):
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing='ij'), -1)
+    r = np.linalg.norm(grid - np.array(centre), axis=-1)
+    return np.exp(-(r / radius) ** 2).astype(np.float32), (r < radius).astype(np.int32) * 17
+
+
+@pytest.fixture(scope='session')
+def dataset(tmp_path_factory):
+    from vxm_keras.io import save_volfile
+    root = tmp_path_factory.mktemp('data')
+    train = root / 'train'
+    train.mkdir()
+    for i, shift in enumerate([(2, 0, -1), (-2, 1, 1), (1, -2, 0), (0, 2, 2)]):
+        vol, seg = blob(np.array(SHAPE) / 2 + shift)
+        save_volfile(train / f's{i}.npz', vol, affine=AFFINE, extra={'seg': seg})
+    vol, seg = blob(np.array(SHAPE) / 2)
+    save_volfile(root / 'atlas.npz', vol, affine=AFFINE, extra={'seg': seg})
+    run = root / 'run'
+    script('train.py', '--data-dir', train, '--atlas', root / 'atlas.npz', '--model', 'vm1',
+           '--epochs', 2, '--steps-per-epoch', 3, '--lr', 1e-3, '--model-dir', run, '--seed', 0)
+    return root

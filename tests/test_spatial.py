@@ -4,20 +4,11 @@ import pytest
 import tensorflow as tf
 from scipy.ndimage import map_coordinates
 
-from conftest import smooth_field
+from conftest import scipy_warp, smooth_field
 from vxm_keras.layers import RescaleTransform, SpatialTransformer, VecInt
 from vxm_keras.spatial import upsample_linear
 
 SHAPES = [(20, 23), (12, 14, 11)]
-
-
-def scipy_warp(vol, disp, order, mode='nearest', cval=0.0):
-    """Reference: vol (*S, C) sampled at x + disp(x) with map_coordinates."""
-    shape = vol.shape[:-1]
-    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing='ij')
-    coords = [g + disp[..., d] for d, g in enumerate(grid)]
-    return np.stack([map_coordinates(vol[..., c].astype(np.float64), coords, order=order, mode=mode, cval=cval)
-                     for c in range(vol.shape[-1])], -1)
 
 
 def run(layer, vol, disp):

@@ -10,16 +10,23 @@ TensorFlow; their code imports the Keras modules once it needs them.
 
 import importlib
 import os
+import sys
 
 __version__ = '0.1.0'
 
 _LAZY = {'load_model': 'networks', 'save_model': 'networks', 'vm1': 'networks', 'vm2': 'networks',
-         'vm2diff': 'networks', 'vxm_net': 'networks'}
+         'vm2diff': 'networks', 'vxm_net': 'networks', 'register': 'registration',
+         'Registration': 'registration'}
 _SUBMODULES = ('layers', 'losses', 'networks')
 
-if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1':
+# commands that need no TensorFlow at all (python -m vxm_keras.prepare) do not load it
+_ARGV = getattr(sys, 'orig_argv', [])
+_TF_FREE = '-m' in _ARGV[:-1] and _ARGV[_ARGV.index('-m') + 1] in ('vxm_keras.prepare',)
+
+if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1' and not _TF_FREE:
     from . import layers, losses, networks  # noqa: F401  (registers Keras objects)
     from .networks import load_model, save_model, vm1, vm2, vm2diff, vxm_net  # noqa: F401
+    from .registration import Registration, register  # noqa: F401
 
 
 def __getattr__(name):

@@ -99,10 +99,7 @@ class VecInt(keras.layers.Layer):
         self.indexing = indexing
 
     def call(self, vel):
-        disp = tf.cast(vel, tf.float32) * (1.0 / 2 ** self.int_steps)
-        for _ in range(self.int_steps):
-            disp = disp + spatial.transform(disp, disp, 'linear', indexing=self.indexing)
-        return disp
+        return spatial.integrate_velocity(vel, self.int_steps, self.indexing)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -172,6 +169,29 @@ class SampleNormal(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(seed=self.seed)
+        return config
+
+
+@_register
+class Subsample(keras.layers.Layer):
+    """Every ``factor``-th voxel along each spatial axis, starting at 0: ``(batch, *spatial, c)``
+    -> ``(batch, *spatial / factor, c)``. Voxel ``k`` of the result is voxel ``factor * k``,
+    the point a field on the coarse grid is sampled at by :class:`RescaleTransform`: label
+    maps brought to the U-Net's grid this way stay aligned with its field."""
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, x):
+        return x[(slice(None), *[slice(None, None, self.factor)] * (len(x.shape) - 2), slice(None))]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *[-(-n // self.factor) for n in input_shape[1:-1]], input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(factor=self.factor)
         return config
 
 

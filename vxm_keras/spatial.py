@@ -172,6 +172,24 @@ def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None)
     return _interp_components(vol, comps, interp_method=interp_method, fill_value=fill_value)
 
 
+def integrate_velocity(vel, int_steps, indexing='ij'):
+    """Displacement of the exponential of a stationary velocity, by scaling and squaring.
+
+    Args:
+        vel: ``(batch, *spatial, ndim)`` velocity in voxel units.
+        int_steps: squaring steps (7 in the papers); 0 returns ``vel``.
+        indexing: ``'ij'`` or ``'xy'``, as in :func:`transform`.
+
+    Returns:
+        ``(batch, *spatial, ndim)``: ``u = vel / 2**int_steps``, then ``int_steps`` times
+        ``u <- u + u o (id + u)`` (linear interpolation, edge values outside).
+    """
+    disp = tf.cast(vel, tf.float32) * (1.0 / 2 ** int(int_steps))
+    for _ in range(int(int_steps)):
+        disp = disp + transform(disp, disp, 'linear', indexing=indexing)
+    return disp
+
+
 def _axis_range(volshape, axis):
     """``0 .. n-1`` along spatial ``axis``, shaped ``(1, *ones, n, *ones)`` to broadcast
     against ``(batch, *volshape)``."""

@@ -1,0 +1,258 @@
+"""The registration engine: a model loaded once, then any number of pairs.
+
+    from vxm_keras.registration import Registration
+    reg = Registration('models/vm2_scan2scan.h5')
+    result = reg.register(moving, fixed, optimize=40)      # arrays (*spatial), [0, 1]
+    result.moved, result.warp                              # (*spatial), (*spatial, ndim)
+    moved_seg = reg.warp_labels(moving_seg, result.warp)
+
+or in one call, as ANTsPy users expect: ``vxm_keras.register(moving, fixed, model=...)``.
+
+One network pass gives the moved image, the displacement and (diffeomorphic
+models) its inverse. Two ways to go past the plain prediction:
+
+* ``optimize=N``: instance-specific optimisation (Balakrishnan et al., TMI
+  2019): the predicted field (a displacement on the U-Net's grid, or a
+  velocity) is refined on the given pair for ``N`` Adam steps of the training
+  loss ``-NCC(F, M o phi) + lambda * mean ||grad field||^2``, coarse to fine
+  (images at half resolution first, then, if asked, full resolution).
+* ``cascade=K``: the network applied recursively to its own output, the
+  fields composed (Zhao et al., ICCV 2019), so one interpolation of the
+  moving image in the end.
+
+Conventions: arrays are single volumes ``(*spatial)`` without batch or
+channel axes; displacements are ``(*spatial, ndim)`` in voxel units with
+the model's indexing (``ij``: component ``d`` moves along axis ``d``), not
+absolute coordinates.
+"""
+
+import dataclasses
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import losses, spatial
+from .io import ModelFileError
+from .networks import RegistrationModel, load_model
+
+# Defaults of the instance-specific optimisation, chosen on pairs of training subjects
+# (sub-01..06), never on the validation pairs (models/README.md): the Adam step (voxels of
+# the field's grid), the smoothness weight (4 instead of the training's 1 keeps folding far
+# below 0.5 % at the same Dice) and the share of the steps run on the half-resolution pair
+# (a full-resolution step costs 8 times more and bought little Dice per second).
+DEFAULT_LR = 0.1
+OPT_LAMBDA = 4.0
+COARSE_SHARE = 1.0
+
+
+@dataclasses.dataclass
+class Result:
+    """One registration. ``moved`` ``(*spatial)``; ``warp`` and ``inverse`` ``(*spatial, ndim)``
+    displacements in voxel units (``inverse`` only when asked for, diffeomorphic models);
+    ``seconds`` the time spent on the pair; ``losses`` the loss after each optimisation step."""
+    moved: np.ndarray
+    warp: np.ndarray
+    inverse: np.ndarray = None
+    seconds: float = 0.0
+    losses: list = dataclasses.field(default_factory=list)
+
+
+def compose(first, second, indexing='ij'):
+    """Displacement of ``T_first o T_second`` (sample by ``second``, then by ``first``):
+    ``second + first o (id + second)``; both ``(batch, *spatial, ndim)`` tensors."""
+    return second + spatial.transform(first, second, 'linear', indexing=indexing)
+
+
+def _pool(x, factor):
+    if factor == 1:
+        return x
+    pool = tf.nn.avg_pool3d if len(x.shape) == 5 else tf.nn.avg_pool2d
+    return pool(x, factor, factor, 'VALID')
+
+
+class Registration:
+    """A registration model ready to register pairs of arrays on its grid.
+
+    Args:
+        model: a :class:`~vxm_keras.networks.RegistrationModel` (``vm1``,
+            ``vm2``, ``vm2diff``) or the path of a saved one.
+        xla: compile the network's prediction with XLA (see ``bench/RESULTS.md``:
+            slower on CPUs, try it on GPUs).
+
+    Raises:
+        ModelFileError: the file (or object) is not a pairwise vxm_keras model.
+    """
+
+    def __init__(self, model, xla=False):
+        source = model
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model)
+        if not isinstance(model, RegistrationModel):
+            what = f'{os.fspath(source)}: ' if isinstance(source, (str, os.PathLike)) else ''
+            raise ModelFileError(f'{what}not a vxm_keras registration model ({type(model).__name__}); '
+                                 'expected one made by train.py (vm1, vm2, vm2diff)')
+        self.model = model
+        self.inshape = tuple(model.inshape)
+        self.indexing = model.indexing
+        self._field_net = model.field_model()
+        if xla:  # predict_on_batch follows the compiled jit_compile setting
+            self._field_net.compile(jit_compile=True)
+        self._finish = tf.function(self._finish_fn, autograph=False)
+        self._warp_nearest = tf.function(
+            lambda vol, warp: spatial.transform(vol, warp, 'nearest', indexing=self.indexing), autograph=False)
+        self._warp_linear = tf.function(
+            lambda vol, warp: spatial.transform(vol, warp, 'linear', indexing=self.indexing), autograph=False)
+        self._steps = {}
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def check(self, vol, name='scan'):
+        """Raise ``ValueError`` naming ``name`` unless ``vol`` is on the model's grid."""
+        vol = np.asarray(vol)
+        if vol.ndim != len(self.inshape):
+            raise ValueError(f'{name}: a {vol.ndim}-D array, but the model registers {len(self.inshape)}-D '
+                             f'volumes {self.inshape}')
+        if vol.shape != self.inshape:
+            raise ValueError(f'{name}: shape {vol.shape}, but the model takes {self.inshape}')
+
+    # -- registration --------------------------------------------------------------------------
+
+    def register(self, moving, fixed, inverse=False, optimize=0, cascade=1, lam=OPT_LAMBDA, lr=DEFAULT_LR,
+                 image_loss='ncc'):
+        """Register ``moving`` to ``fixed``.
+
+        Args:
+            moving, fixed: ``(*inshape)`` arrays, intensities in [0, 1].
+            inverse: also return the inverse displacement (diffeomorphic models).
+            optimize: Adam steps of instance-specific optimisation (0: the network alone).
+            cascade: network passes, each on the previous result, fields composed.
+            lam: smoothness weight of the optimisation loss (``OPT_LAMBDA``).
+            lr: Adam step size of the optimisation, voxels of the field's grid.
+            image_loss: ``'ncc'`` (9^3 window) or ``'mse'`` for the optimisation.
+
+        Returns:
+            :class:`Result`.
+        """
+        if inverse and not self.model.diffeomorphic:
+            raise ValueError(f'{self.model.name}: this model has no inverse; a diffeomorphic model '
+                             '(train.py --model vm2diff) does')
+        if int(cascade) < 1 or int(optimize) < 0:
+            raise ValueError(f'cascade must be >= 1 and optimize >= 0, got {cascade} and {optimize}')
+        self.check(moving, 'moving')
+        self.check(fixed, 'fixed')
+        t0 = time.perf_counter()
+        moving_b = tf.constant(np.asarray(moving, np.float32)[None, ..., None])
+        fixed_b = tf.constant(np.asarray(fixed, np.float32)[None, ..., None])
+        warp = inv = None
+        current = moving_b
+        history = []
+        for k in range(int(cascade)):
+            field = tf.convert_to_tensor(self._field_net.predict_on_batch([current, fixed_b]))
+            if optimize and k == int(cascade) - 1:
+                field, history = self.optimize_field(field, current, fixed_b, int(optimize), lam=lam, lr=lr,
+                                                     image_loss=image_loss)
+            step_warp, step_inv = self._finish(field, tf.constant(bool(inverse)))
+            warp = step_warp if warp is None else compose(warp, step_warp, self.indexing)
+            if inverse:
+                inv = step_inv if inv is None else compose(step_inv, inv, self.indexing)
+            current = self._warp_linear(moving_b, warp)
+        moved = current.numpy()[0, ..., 0]
+        return Result(moved=moved, warp=warp.numpy()[0], inverse=None if inv is None else inv.numpy()[0],
+                      seconds=time.perf_counter() - t0, losses=history)
+
+    def _finish_fn(self, field, inverse):
+        warp = self.model.field_to_warp(field)
+        if not self.model.diffeomorphic:
+            return warp, tf.zeros_like(warp)
+        inv = tf.cond(inverse, lambda: self.model.field_to_warp(field, inverse=True), lambda: tf.zeros_like(warp))
+        return warp, inv
+
+    def optimize_field(self, field, moving, fixed, steps, lam=OPT_LAMBDA, lr=DEFAULT_LR, image_loss='ncc',
+                       coarse_share=None):
+        """Instance-specific optimisation of a field on one pair.
+
+        Args:
+            field: ``(1, *inshape / field_factor, ndim)`` start (the network's prediction).
+            moving, fixed: ``(1, *inshape, 1)`` tensors.
+            steps: Adam steps in all; ``coarse_share`` (default ``COARSE_SHARE``) of them on
+                the pair average-pooled by 2 (when the field's grid is at least that coarse),
+                the rest at full resolution.
+            lam, lr, image_loss: as in :meth:`register`.
+
+        Returns:
+            ``(field, losses)``: the refined field (a tensor like ``field``) and the loss
+            after each step (each at the resolution of its stage).
+        """
+        coarse_share = COARSE_SHARE if coarse_share is None else coarse_share
+        variable = tf.Variable(field)
+        m = tf.Variable(tf.zeros_like(field))
+        v = tf.Variable(tf.zeros_like(field))
+        coarse = int(round(steps * coarse_share)) if self.model.field_factor >= 2 else 0
+        stages = [(2, coarse), (1, steps - coarse)]
+        history = []
+        t = 0
+        for scale, n in stages:
+            if n <= 0:
+                continue
+            step = self._step_fn(scale, image_loss, float(lam))
+            m_s, f_s = _pool(moving, scale), _pool(fixed, scale)
+            for _ in range(n):
+                t += 1
+                loss = step(variable, m, v, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))
+                history.append(float(loss))
+        return tf.convert_to_tensor(variable), history
+
+    def _step_fn(self, scale, image_loss, lam):
+        """One compiled Adam step of the optimisation loss at ``1 / scale`` resolution."""
+        key = (scale, image_loss, lam)
+        if key in self._steps:
+            return self._steps[key]
+        sim = losses.NCC() if image_loss == 'ncc' else losses.MSE()
+        smooth = losses.Grad('l2')
+        model, indexing = self.model, self.indexing
+
+        def step(field, m, v, moving, fixed, lr, t):
+            with tf.GradientTape() as tape:
+                disp = model.field_to_warp(field, scale=scale)
+                moved = spatial.transform(moving, disp, 'linear', indexing=indexing)
+                loss = sim(fixed, moved) + lam * smooth(field, field)
+            grad = tape.gradient(loss, field)
+            b1, b2 = 0.9, 0.999
+            m.assign(b1 * m + (1 - b1) * grad)
+            v.assign(b2 * v + (1 - b2) * grad * grad)
+            m_hat = m / (1 - b1 ** t)
+            v_hat = v / (1 - b2 ** t)
+            field.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-8))
+            return loss
+
+        self._steps[key] = tf.function(step, autograph=False)
+        return self._steps[key]
+
+    # -- applying a result ---------------------------------------------------------------------
+
+    def warp_labels(self, seg, warp):
+        """Warp an integer label map ``(*inshape)`` by ``warp`` ``(*inshape, ndim)`` with
+        nearest-neighbour sampling; returns int32 ``(*inshape)`` (labels exact below 2**24)."""
+        self.check(seg, 'labels')
+        out = self._warp_nearest(np.asarray(seg, np.float32)[None, ..., None],
+                                 np.asarray(warp, np.float32)[None])
+        return np.rint(out.numpy()[0, ..., 0]).astype(np.int32)
+
+    def warp_image(self, vol, warp):
+        """Warp an image ``(*inshape)`` by ``warp`` with (tri)linear interpolation."""
+        self.check(vol, 'image')
+        out = self._warp_linear(np.asarray(vol, np.float32)[None, ..., None], np.asarray(warp, np.float32)[None])
+        return out.numpy()[0, ..., 0]
+
+
+def register(moving, fixed, model=None, **kwargs):
+    """Register ``moving`` to ``fixed`` with ``model`` (a path or a loaded model; by default the
+    shipped ``models/vm2_atlas.h5``) in one call; keyword arguments as in
+    :meth:`Registration.register`. Returns a :class:`Result`. For many pairs, make one
+    :class:`Registration` and call its ``register``."""
+    if model is None:
+        from .shipped import DEFAULT_MODEL as model
+    return Registration(model).register(moving, fixed, **kwargs)
