@@ -105,37 +105,44 @@ def save_figure_atomic(path, draw, *args, overwrite=True, **kwargs):
         draw(tmp, *args, **kwargs)
 
 
+METHOD_STYLES = {'affine': ('affine only', '#bbbbbb'), 'model': ('model', '#4c72b0'),
+                 'ants': ('ANTs SyN', '#dd8452')}
+
+
 def dice_boxplot(path, rows, labels, names=None):
-    """Box plot of Dice per structure, affine next to the model (the CVPR paper's figure).
+    """Box plot of Dice per structure, one box per method side by side (the CVPR paper's figure).
 
     Left/right structures are pooled under one name, as in the paper.
-    ``rows`` are dicts with ``method`` ('affine' or 'model'), ``label`` and ``dice``.
+    ``rows`` are dicts with ``method`` (``'affine'``, ``'model'``, ``'ants'``), ``label`` and ``dice``.
     """
     plt = _backend()
     names = names or {}
+    methods = [m for m in METHOD_STYLES if any(r['method'] == m for r in rows)]
     groups = {}
     for lab in labels:
         name = names.get(lab, str(lab)).replace('L ', '').replace('R ', '')
         groups.setdefault(name, []).append(lab)
-    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(groups)), 4.5))
+    width = 0.8 * len(methods) + 0.6
+    fig, ax = plt.subplots(figsize=(max(8, 0.35 * width * len(groups)), 4.5))
     pos, ticks, ticklabels = 0, [], []
     for name, labs in groups.items():
         data = [[r['dice'] for r in rows if r['method'] == m and r['label'] in labs and np.isfinite(r['dice'])]
-                for m in ('affine', 'model')]
-        if not data[1]:
+                for m in methods]
+        if not any(data[1:] if len(data) > 1 else data):
             continue
-        box = ax.boxplot(data, positions=[pos, pos + 0.8], widths=0.7, patch_artist=True, showfliers=True)
-        for patch, colour in zip(box['boxes'], ('#bbbbbb', '#4c72b0')):
-            patch.set_facecolor(colour)
-        ticks.append(pos + 0.4)
+        box = ax.boxplot(data, positions=[pos + 0.8 * k for k in range(len(methods))], widths=0.7,
+                         patch_artist=True, showfliers=True)
+        for patch, method in zip(box['boxes'], methods):
+            patch.set_facecolor(METHOD_STYLES[method][1])
+        ticks.append(pos + 0.4 * (len(methods) - 1))
         ticklabels.append(name)
-        pos += 2.2
+        pos += width
     ax.set_xticks(ticks)
     ax.set_xticklabels(ticklabels, rotation=60, ha='right', fontsize=8)
     ax.set_ylabel('Dice')
     ax.set_ylim(0, 1)
-    ax.legend([plt.Rectangle((0, 0), 1, 1, fc='#bbbbbb'), plt.Rectangle((0, 0), 1, 1, fc='#4c72b0')],
-              ['affine only', 'model'], loc='lower right', fontsize=8)
+    ax.legend([plt.Rectangle((0, 0), 1, 1, fc=METHOD_STYLES[m][1]) for m in methods],
+              [METHOD_STYLES[m][0] for m in methods], loc='lower right', fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -27,15 +27,16 @@ table like the papers'.
 """
 
 import argparse
+import importlib.util
 import itertools
 import os
 import sys
 import time
 
-from ..cli import fail, run, setup_device
+from ..cli import fail, run, setup_device, start_tensorflow
 from ..metrics import STRUCTURES, TISSUE_NAMES, aseg_to_tissue
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ..shipped import DEFAULT_ATLAS
 
 def build_parser():
     p = argparse.ArgumentParser(prog='test.py', description=__doc__,
@@ -44,15 +45,30 @@ def build_parser():
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument('--test-list', '--test_list', dest='test_list', help='text file, one .npz per line')
     data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of .npz test scans')
-    p.add_argument('--atlas', default=os.path.join(REPO, 'data', 'atlas.npz'),
+    p.add_argument('--atlas', default=DEFAULT_ATLAS,
                    help="atlas .npz (vol, seg), or 'none' for scan-to-scan pairs")
     p.add_argument('--labels', type=int, nargs='+', default=None,
                    help='labels to score (default: the 30 structures of the papers)')
     p.add_argument('--template', default=None,
                    help="learned-template models (train_template.py): the template .npz with its 'seg' "
                         '(default template.npz beside the model)')
+    p.add_argument('--optimize', type=int, default=0, metavar='N',
+                   help='instance-specific optimisation steps per pair (as register.py --optimize)')
+    p.add_argument('--optimize-lambda', dest='optimize_lambda', type=float, default=None,
+                   help='smoothness weight of that optimisation (default 4)')
+    p.add_argument('--cascade', type=int, default=1, metavar='K', help='network passes per pair, fields composed')
+    p.add_argument('--peers', action='store_true',
+                   help="scan-to-scan: also run ANTs SyN (antspyx defaults, pip install -e '.[peers]') on the "
+                        'same pairs and score it the same way')
+    p.add_argument('--invert-contrast', dest='invert_contrast', action='store_true',
+                   help='scan-to-scan: also register each moving scan with its contrast inverted '
+                        '(1 - intensity inside the brain) to the normal fixed scan')
+    p.add_argument('--synthetic', type=int, default=0, metavar='N',
+                   help='scan-to-scan: also N pairs per test scan made by warping it (and its labels) with '
+                        'a known large random smooth deformation, registered back to the original')
     p.add_argument('--out-dir', dest='out_dir', default=None, help='where to write dice.csv and the plots')
     p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
     p.add_argument('--gpu', default=None)
     return p
 
@@ -69,11 +85,14 @@ def _summarise(rows, method, labels):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    setup_device(args.gpu)
+    setup_device(args.gpu, args.verbose)
+    if args.optimize < 0 or args.cascade < 1 or args.synthetic < 0:
+        fail('--optimize and --synthetic must be >= 0 and --cascade >= 1')
     if args.out_dir and os.path.exists(os.path.join(args.out_dir, 'dice.csv')) and not args.overwrite:
         fail(f'{os.path.join(args.out_dir, "dice.csv")}: exists (use --overwrite to replace it)')
 
     def body():
+        start_tensorflow()
         import numpy as np
 
         from .. import networks
@@ -92,6 +111,10 @@ def main(argv=None):
         model = networks.load_model(args.model)
         inshape = tuple(model.inputs[0].shape[1:-1])
         labels = list(args.labels or PAPER_LABELS)
+        present = set().union(*(np.unique(seg).tolist() for _, _, seg in scans))
+        if not present & set(labels):
+            fail(f'none of the labels {" ".join(map(str, labels))} is in the test scans\' seg maps '
+                 f'(they hold {" ".join(map(str, sorted(present - {0})[:40]))})')
         if isinstance(model, networks.TemplateCreation):
             return _evaluate_template(args, model, inshape, scans, labels)
         atlas_mode = args.atlas.lower() != 'none'
@@ -99,20 +122,33 @@ def main(argv=None):
             atlas = load_volfile(args.atlas, check_finite=True).astype(np.float32)
             atlas_seg = load_volfile(args.atlas, key='seg').astype(np.int32)
             atlas_tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
+            if atlas.shape != inshape:
+                fail(f'{args.atlas}: shape {atlas.shape}, but the model {args.model} takes {inshape}; '
+                     "pass the atlas it was trained with (--atlas), or --atlas none for scan-to-scan pairs")
         elif len(scans) < 2:
             fail('scan-to-scan evaluation needs at least 2 test scans')
         for name, vol, _ in scans:
             if vol.shape != inshape:
                 fail(f'{name}: shape {vol.shape}, the model takes {inshape}')
-        net = model.warp_model() if hasattr(model, 'warp_model') else model
-        nn = networks.nn_transformer(inshape)
+        if atlas_mode and (args.peers or args.invert_contrast or args.synthetic):
+            fail('--peers, --invert-contrast and --synthetic are for scan-to-scan evaluation (--atlas none)')
+        if args.peers and importlib.util.find_spec('ants') is None:
+            fail("--peers needs antspyx: pip install -e '.[peers]'")
+        peer_seconds = []
+        from ..registration import Registration
+        try:
+            reg = Registration(model)
+        except ValueError as err:
+            fail(f'{args.model}: {err}')
+        options = dict(optimize=args.optimize, cascade=args.cascade)
+        if args.optimize_lambda is not None:
+            options['lam'] = args.optimize_lambda
 
         def register(moving, fixed, seg):
             t = time.perf_counter()
-            _, warp = net.predict([moving[None, ..., None], fixed[None, ..., None]], verbose=0)
-            moved_seg = nn.predict([seg[None, ..., None].astype(np.float32), warp], verbose=0)
-            seconds = time.perf_counter() - t
-            return np.rint(moved_seg[0, ..., 0]).astype(np.int32), warp[0], seconds
+            result = reg.register(moving, fixed, **options)
+            moved_seg = reg.warp_labels(seg, result.warp)
+            return moved_seg, result.warp, time.perf_counter() - t
 
         rows, folding, seconds = [], [], []
 
@@ -130,22 +166,84 @@ def main(argv=None):
                 _score(rows, f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)
                 _score(rows, f'{a}~{b} (atlas space)', 'model', warped[a][1], warped[b][1], common)
         else:
-            for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
+            peer = _ants_syn if args.peers else None
+            for pair, (va, sa), (vb, sb) in _scan_pairs(scans, args.invert_contrast, args.synthetic):
                 common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
                 moved_seg, warp, sec = register(va, vb, sa)
                 seconds.append(sec)
                 folding.append(folding_fraction(warp))
-                _score(rows, f'{na}->{nb}', 'affine', sa, sb, common)
-                _score(rows, f'{na}->{nb}', 'model', moved_seg, sb, common)
+                _score(rows, pair, 'affine', sa, sb, common)
+                _score(rows, pair, 'model', moved_seg, sb, common)
+                print(f'{pair}: model {_pair_mean(rows, pair, "model"):.3f} '
+                      f'(affine {_pair_mean(rows, pair, "affine"):.3f}), {sec:.1f} s', flush=True)
+                if peer is not None:
+                    peer_seg, peer_sec = peer(va, vb, sa)
+                    _score(rows, pair, 'ants', peer_seg, sb, common)
+                    peer_seconds.append(peer_sec)
+                    print(f'{pair}: ANTs SyN {_pair_mean(rows, pair, "ants"):.3f}, {peer_sec:.1f} s', flush=True)
 
         title = '30 structures' + (' (atlas space, pairs of test scans)' if atlas_mode else '')
-        report = _report(rows, labels, folding, seconds, title, args.model)
+        report = _report(rows, labels, folding, seconds, title, args.model, peer_seconds=peer_seconds,
+                         options=options)
         print(report)
         if args.out_dir:
             _write_outputs(args.out_dir, rows, report, labels)
         return 0
 
     return run(body)
+
+
+def _pair_mean(rows, pair, method):
+    import numpy as np
+    return float(np.mean([r['dice'] for r in rows if r['pair'] == pair and r['method'] == method]))
+
+
+def invert_contrast(vol):
+    """``1 - vol`` inside the brain (``vol > 0``), zero outside: a T1 scan made to look like
+    a T2-like contrast, to test a model's independence of contrast."""
+    import numpy as np
+    return np.where(vol > 0, 1.0 - vol, 0.0).astype(np.float32)
+
+
+def _scan_pairs(scans, invert, synthetic, seed=0):
+    """Evaluation pairs ``(name, (moving, moving_seg), (fixed, fixed_seg))``: every ordered pair
+    of test scans, then (``invert``) the same with the moving contrast inverted, then
+    (``synthetic``) per scan that many copies warped by known random deformations
+    (``vxm_keras.augment``, seeded), each registered back to its scan."""
+    import numpy as np
+    for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
+        yield f'{na}->{nb}', (va, sa), (vb, sb)
+    if invert:
+        for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
+            yield f'{na}(inverted)->{nb}', (invert_contrast(va), sa), (vb, sb)
+    if synthetic:
+        import tensorflow as tf
+
+        from .. import augment, spatial
+        aug = augment.Augmentation(rotation=0, scaling=0, shear=0, translation=0, warp_std=4.0,
+                                   warp_spacing=24, flip_axis=None)
+        for i, (name, vol, seg) in enumerate(scans):
+            for k in range(synthetic):
+                disp = augment.random_deformation(tf.constant([seed, 1000 * i + k], tf.int64), 1, vol.shape, aug)
+                moving = spatial.transform(vol[None, ..., None], disp, 'linear').numpy()[0, ..., 0]
+                moving_seg = spatial.transform(seg[None, ..., None].astype(np.float32), disp,
+                                               'nearest').numpy()[0, ..., 0]
+                yield f'{name}(warped {k + 1})->{name}', (moving, np.rint(moving_seg).astype(np.int32)), (vol, seg)
+
+
+def _ants_syn(moving, fixed, moving_seg):
+    """ANTs SyN with antspyx's defaults (``type_of_transform='SyN'``: its affine stage, then
+    SyN), 1 mm spacing; returns the warped labels (nearest neighbour) and the seconds."""
+    import ants
+    import numpy as np
+    t = time.perf_counter()
+    f = ants.from_numpy(np.asarray(fixed, np.float32))
+    m = ants.from_numpy(np.asarray(moving, np.float32))
+    out = ants.registration(f, m, type_of_transform='SyN')
+    seconds = time.perf_counter() - t
+    moved = ants.apply_transforms(f, ants.from_numpy(moving_seg.astype(np.float32)), out['fwdtransforms'],
+                                  interpolator='nearestNeighbor')
+    return np.rint(moved.numpy()).astype(np.int32), seconds
 
 
 def _score(rows, pair, method, seg_a, seg_b, labels):
@@ -207,27 +305,52 @@ def _evaluate_template(args, model, inshape, scans, labels):
     return 0
 
 
-def _report(rows, labels, folding, seconds, title, model_path, tissue_title='tissue classes vs atlas seg'):
+METHOD_NAMES = {'affine': 'affine only', 'model': 'model', 'ants': 'ANTs SyN'}
+
+
+def _pair_kind(pair):
+    """The evaluation set a row's pair belongs to (see :func:`_scan_pairs`)."""
+    if 'tissue' in pair:
+        return 'tissue'
+    if '(inverted)' in pair:
+        return 'inverted'
+    if '(warped' in pair:
+        return 'synthetic'
+    return 'pairs'
+
+
+def _report(rows, labels, folding, seconds, title, model_path, tissue_title='tissue classes vs atlas seg',
+            peer_seconds=(), options=None):
     import numpy as np
-    lines = [f'model {model_path}; {len(seconds)} registrations; '
-             f'{np.mean(seconds):.2f} s per pair (prediction + label warp)']
-    groups = [(title, [r for r in rows if 'tissue' not in r['pair']], labels),
-              (tissue_title, [r for r in rows if 'tissue' in r['pair']], [1, 2, 3])]
-    for title, sub, labs in groups:
+    opts = ', '.join(f'{k} {v}' for k, v in (options or {}).items() if v not in (0, 1) or k == 'lam')
+    lines = [f'model {model_path}{" (" + opts + ")" if opts else ""}; {len(seconds)} registrations; '
+             f'{np.mean(seconds):.2f} s per pair (prediction, optimisation, label warp)']
+    if len(peer_seconds):
+        lines.append(f'ANTs SyN: {np.mean(peer_seconds):.1f} s per pair')
+    titles = {'pairs': title, 'inverted': title + ', moving contrast inverted',
+              'synthetic': title + ', scans warped by known random deformations, registered back',
+              'tissue': tissue_title}
+    for kind, kind_title in titles.items():
+        sub = [r for r in rows if _pair_kind(r['pair']) == kind]
         if not sub:
             continue
-        lines.append(f'\n{title}')
-        lines.append(f'{"method":<10} {"Dice mean (std over pairs)":>28}')
-        for method in ('affine', 'model'):
-            m, s = _summarise(sub, method, labs)
-            lines.append(f'{method:<10} {m:>19.3f} ({s:.3f})')
-        lines.append(f'{"label":<26} {"affine":>8} {"model":>8}')
+        labs = [1, 2, 3] if kind == 'tissue' else labels
+        methods = [m for m in METHOD_NAMES if any(r['method'] == m for r in sub)]
+        n_pairs = len({r['pair'] for r in sub})
+        lines.append(f'\n{kind_title} ({n_pairs} pairs)')
+        lines.append(f'{"method":<12} {"Dice mean (std over pairs)":>28}')
+        for method in methods:
+            m, sd = _summarise(sub, method, labs)
+            lines.append(f'{METHOD_NAMES[method]:<12} {m:>19.3f} ({sd:.3f})')
+        if kind not in ('pairs', 'tissue'):
+            continue
+        lines.append(f'{"label":<26} ' + ' '.join(f'{m:>8}' for m in methods))
         for lab in labs:
-            vals = {meth: [r['dice'] for r in sub if r['method'] == meth and r['label'] == lab] for meth in ('affine', 'model')}
+            vals = {meth: [r['dice'] for r in sub if r['method'] == meth and r['label'] == lab] for meth in methods}
             if not vals['model']:
                 continue
-            name = TISSUE_NAMES.get(lab, '') if 'tissue' in title else STRUCTURES.get(lab, '')
-            lines.append(f'{lab:>3} {name:<22} {np.nanmean(vals["affine"]):>8.3f} {np.nanmean(vals["model"]):>8.3f}')
+            name = TISSUE_NAMES.get(lab, '') if kind == 'tissue' else STRUCTURES.get(lab, '')
+            lines.append(f'{lab:>3} {name:<22} ' + ' '.join(f'{np.nanmean(vals[m]):>8.3f}' for m in methods))
     lines.append(f'\nvoxels with Jacobian determinant <= 0: {100 * np.mean(folding):.4f} % '
                  f'(std over registrations {100 * np.std(folding):.4f})')
     return '\n'.join(lines)
@@ -248,7 +371,7 @@ def _write_outputs(out_dir, rows, report, labels):
             writer.writerow(dict(r, structure=name))
     with atomic_path(os.path.join(out_dir, 'summary.txt')) as tmp, open(tmp, 'w') as f:
         f.write(report + '\n')
-    struct_rows = [r for r in rows if 'tissue' not in r['pair']]
+    struct_rows = [r for r in rows if _pair_kind(r['pair']) == 'pairs']
     save_figure_atomic(os.path.join(out_dir, 'dice_boxplot.png'), dice_boxplot, struct_rows,
                        labels, STRUCTURES)
 
