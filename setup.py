@@ -1,3 +1,5 @@
+import glob
+
 from setuptools import find_packages, setup
 
 with open('README.md', encoding='utf-8') as f:
@@ -10,6 +12,12 @@ setup(
     long_description=long_description,
     long_description_content_type='text/markdown',
     packages=find_packages(include=['vxm_keras', 'vxm_keras.*']),
+    # the default atlas, the example scan and the trained models, for plain (non-editable)
+    # installs: found through vxm_keras.shipped
+    data_files=[
+        ('share/vxm-keras/data', ['data/atlas.npz', 'data/example_moving.npz', 'data/README.md']),
+        ('share/vxm-keras/models', sorted(glob.glob('models/*.h5')) + ['models/README.md']),
+    ],
     python_requires='>=3.10',
     install_requires=[
         # the default Keras 3 with the TensorFlow backend; tensorflow-cpu users:

@@ -9,49 +9,7 @@ import pytest
 
 from vxm_keras.io import load_volfile, save_volfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPE = (32, 32, 32)
-AFFINE = np.array([[-1.0, 0, 0, 16], [0, 0, 1, -16], [0, -1, 0, 16], [0, 0, 0, 1]])
-
-
-def script(name, *args, check=True):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    proc = subprocess.run([sys.executable, os.path.join(REPO, name), *map(str, args)],
-                          capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
-    return proc
-
-
-def user_error(proc):
-    """One 'error:' line, exit 2, no traceback."""
-    assert proc.returncode == 2, proc.stderr
-    assert 'Traceback' not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
-
-
-def blob(centre, radius=7.0):
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing='ij'), -1)
-    r = np.linalg.norm(grid - np.array(centre), axis=-1)
-    return np.exp(-(r / radius) ** 2).astype(np.float32), (r < radius).astype(np.int32) * 17
-
-
-@pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    train = root / 'train'
-    train.mkdir()
-    for i, shift in enumerate([(2, 0, -1), (-2, 1, 1), (1, -2, 0), (0, 2, 2)]):
-        vol, seg = blob(np.array(SHAPE) / 2 + shift)
-        save_volfile(train / f's{i}.npz', vol, affine=AFFINE, extra={'seg': seg})
-    vol, seg = blob(np.array(SHAPE) / 2)
-    save_volfile(root / 'atlas.npz', vol, affine=AFFINE, extra={'seg': seg})
-    run = root / 'run'
-    script('train.py', '--data-dir', train, '--atlas', root / 'atlas.npz', '--model', 'vm1',
-           '--epochs', 2, '--steps-per-epoch', 3, '--lr', 1e-3, '--model-dir', run, '--seed', 0)
-    return root
+from conftest import AFFINE, REPO, SHAPE, blob, script, user_error  # noqa: F401
 
 
 def test_train_writes_checkpoints_and_log(dataset):
@@ -123,10 +81,11 @@ def test_register_writes_outputs_keeping_affine(dataset, tmp_path):
                             '--model', model, '--moved', out / 'moved.nii.gz', check=False))
     assert 'moved.nii.gz' in err and '--overwrite' in err
     assert (out / 'moved.nii.gz').read_bytes() == before
-    # --overwrite replaces it; with --xla the compiled prediction gives the same field
-    script('register.py', '--moving', tmp_path / 'm.nii.gz', '--fixed', dataset / 'atlas.npz',
-           '--model', model, '--moved', out / 'moved.nii.gz', '--warp', out / 'warp_xla.npz', '--overwrite', '--xla')
-    np.testing.assert_allclose(load_volfile(out / 'warp_xla.npz'), warp, atol=1e-4)
+    # --overwrite replaces it; with --xla the compiled prediction gives the same field (network alone)
+    for name, extra in (('warp_net.npz', []), ('warp_xla.npz', ['--xla'])):
+        script('register.py', '--moving', tmp_path / 'm.nii.gz', '--fixed', dataset / 'atlas.npz', '--model', model,
+               '--moved', out / 'moved.nii.gz', '--warp', out / name, '--overwrite', '--optimize', 0, *extra)
+    np.testing.assert_allclose(load_volfile(out / 'warp_xla.npz'), load_volfile(out / 'warp_net.npz'), atol=1e-4)
 
 
 def test_register_bad_inputs(dataset, tmp_path):

@@ -8,6 +8,7 @@ import h5py
 import keras
 import numpy as np
 
+from .cli import EPOCH_ATTR
 from .io import atomic_path
 
 # HDF5 group where checkpoints keep the optimizer's variables (Adam moments, step count)
@@ -83,3 +84,5 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             (self.save_model or self.model).save(tmp)
             with h5py.File(tmp, 'a') as f:
                 save_optimizer_state(self.model, f)
+                # a renamed checkpoint still resumes at the right epoch (cli.initial_epoch)
+                f.attrs[EPOCH_ATTR] = epoch + 1

@@ -5,6 +5,7 @@ exit code 2; they never print a traceback.
 """
 
 import os
+import re
 import sys
 
 
@@ -18,12 +19,24 @@ def fail(message):
     raise SystemExit(2)
 
 
-def setup_device(gpu):
+# what setup_device asked for, checked once TensorFlow starts (in run)
+_DEVICE = {}
+
+# TensorFlow's start-up lines that say nothing to a user (kept with --verbose)
+_NOISE = re.compile(r'^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |E\d{4} .*(cuInit|cuda|CUDA)|'
+                    r'To enable the following instructions|.*(oneDNN custom operations|cudart_stub|'
+                    r'cpu_feature_guard|Unable to register cu|computation placer already registered))')
+
+
+def setup_device(gpu, verbose=False):
     """Select devices before TensorFlow starts: ``None``/``'-1'`` = CPU, else ids like ``'0'`` or ``'0,1'``.
 
-    Returns the number of GPUs requested (0 for CPU).
+    Returns the number of GPUs requested (0 for CPU). Unless ``verbose``, TensorFlow's
+    start-up chatter (which on a machine without a GPU includes an alarming ``failed call
+    to cuInit``) is filtered out when :func:`run` starts it; real errors still show.
     """
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
+    _DEVICE.update(verbose=verbose, gpus=[])
     if gpu is None or str(gpu).strip() in ('', '-1'):
         os.environ['CUDA_VISIBLE_DEVICES'] = '-1'
         return 0
@@ -31,17 +44,107 @@ def setup_device(gpu):
     if not all(g.isdigit() for g in ids):
         fail(f'--gpu: expected an id or a comma-separated list of ids, got {gpu!r}')
     os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(ids)
+    _DEVICE['gpus'] = ids
     return len(ids)
 
 
+def start_tensorflow():
+    """Import TensorFlow and let it find its devices, filtering its start-up noise (see
+    :func:`setup_device`); fail if GPUs were asked for and are not there. Commands call it
+    once their cheap checks have passed, so a bad argument answers without waiting for it."""
+    import tempfile
+    if 'tensorflow' in sys.modules or not _DEVICE:
+        return
+    capture = None
+    if not _DEVICE.get('verbose'):
+        sys.stderr.flush()
+        saved = os.dup(2)
+        capture = tempfile.TemporaryFile()
+        os.dup2(capture.fileno(), 2)
+    try:
+        import tensorflow as tf
+        found = tf.config.list_physical_devices('GPU')
+    finally:
+        if capture is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors='replace').splitlines():
+                if line.strip() and not _NOISE.match(line):
+                    print(line, file=sys.stderr)
+            capture.close()
+    wanted = _DEVICE.get('gpus') or []
+    if len(found) < len(wanted):
+        fail(f'--gpu {",".join(wanted)}: {len(found)} GPU(s) usable by TensorFlow on this machine'
+             f'{"" if found else " (none: drop --gpu to run on the CPU)"}')
+
+
+# the attribute in which AtomicCheckpoint records the epoch a checkpoint ends
+EPOCH_ATTR = 'vxm_keras_epoch'
+CHECKPOINT_NAME = r'(\d{4,})\.h5'
+
+
 def initial_epoch(load_model, given=None):
-    """The epoch a resumed run starts from: ``given`` when set, else the number in a
-    checkpoint name like ``0010.h5``, else 0."""
+    """The epoch a resumed run starts from: ``given`` when set, else the epoch recorded in
+    the checkpoint (so a renamed ``best.h5`` resumes where it ended), else the number in a
+    name like ``0010.h5``, else 0."""
     import re
     if given is not None:
         return given
-    m = re.fullmatch(r'(\d+)\.h5', os.path.basename(load_model or ''))
+    if load_model and os.path.isfile(load_model):
+        try:
+            import h5py
+            with h5py.File(load_model, 'r') as f:
+                if EPOCH_ATTR in f.attrs:
+                    return int(f.attrs[EPOCH_ATTR])
+        except (OSError, ValueError):
+            pass
+    m = re.fullmatch(CHECKPOINT_NAME, os.path.basename(load_model or ''))
     return int(m.group(1)) if m else 0
+
+
+def check_run_dir(model_dir, start, resuming, overwrite):
+    """Never clobber a run silently: check ``model_dir`` before a training run writes to it.
+
+    A new run (``resuming`` False) refuses a folder that holds checkpoints or a training
+    log; a resumed run starting at epoch ``start`` refuses one that holds checkpoints of
+    later epochs (they would be overwritten). With ``overwrite`` those files are deleted
+    instead, and a resumed run's log keeps only the epochs before ``start``.
+    """
+    import csv
+    import re
+    if not os.path.isdir(model_dir):
+        if os.path.exists(model_dir):
+            fail(f'{model_dir}: exists and is not a folder')
+        return
+    checkpoints = sorted((int(m.group(1)), os.path.join(model_dir, m.group(0)))
+                         for m in map(lambda n: re.fullmatch(CHECKPOINT_NAME, n), os.listdir(model_dir)) if m)
+    log = os.path.join(model_dir, 'training_log.csv')
+    has_log = os.path.isfile(log) and os.path.getsize(log) > 0
+    doomed = [path for epoch, path in checkpoints if epoch > start]
+    if not resuming and has_log:
+        doomed.append(log)
+    if doomed and not overwrite:
+        if resuming:
+            fail(f'{model_dir}: holds checkpoints of epochs after {start} ({", ".join(os.path.basename(p) for p in doomed)}), '
+                 f'which this run would overwrite: resume from the latest ({checkpoints[-1][1]}), choose another '
+                 '--model-dir, or pass --overwrite to replace them')
+        latest = f'resume it with --load-model {checkpoints[-1][1]}, ' if checkpoints else ''
+        fail(f'{model_dir}: holds a training run ({", ".join(os.path.basename(p) for p in doomed)}): '
+             f'{latest}choose another --model-dir, or pass --overwrite to replace it')
+    for path in doomed:
+        os.unlink(path)
+    if resuming and os.path.isfile(log):
+        # the log keeps the epochs before the one resumed from, so it reads 0, 1, ..., once each
+        with open(log, newline='') as f:
+            rows = list(csv.reader(f))
+        if rows and 'epoch' in rows[0]:
+            col = rows[0].index('epoch')
+            kept = [rows[0]] + [r for r in rows[1:] if r and r[col].isdigit() and int(r[col]) < start]
+            if len(kept) != len(rows):
+                from .io import atomic_path
+                with atomic_path(log) as tmp, open(tmp, 'w', newline='') as f:
+                    csv.writer(f).writerows(kept)
 
 
 def check_schedule(args):
@@ -65,13 +168,58 @@ def check_schedule(args):
     start = initial_epoch(args.load_model, args.initial_epoch)
     if start >= args.epochs:
         fail(f'initial epoch {start} is not below --epochs {args.epochs}: nothing to train')
+    for flag in ('lr', 'lam'):
+        value = getattr(args, flag, None)
+        if value is not None and not (value > 0 if flag == 'lr' else value >= 0):
+            name = {'lr': '--lr', 'lam': '--lambda'}[flag]
+            fail(f'{name} must be {"positive" if flag == "lr" else ">= 0"}, got {value}')
+    if getattr(args, 'model_dir', None):
+        check_run_dir(args.model_dir, start, bool(args.load_model), getattr(args, 'overwrite', False))
     return start
+
+
+def same_path(a, b):
+    """Whether two paths name the same file: real paths compared (symlinks resolved), and
+    for existing files their device and inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs, inputs=(), overwrite=False):
+    """Check every output of a command before anything is written.
+
+    Args:
+        outputs: ``{path: what}`` or a list of paths (``None`` entries are skipped).
+        inputs: ``{path: flag}`` of the command's input files (``None`` skipped).
+        overwrite: ``--overwrite`` was given.
+
+    Fails (one line, exit 2) when two outputs are one file, an output is one of the inputs
+    (``--overwrite`` replaces old outputs, never inputs), an output exists without
+    ``overwrite``, or its folder is missing or read-only.
+    """
+    outputs = [o for o in outputs if o]
+    inputs = {p: flag for p, flag in dict(inputs).items() if p} if not isinstance(inputs, dict) \
+        else {p: flag for p, flag in inputs.items() if p}
+    for i, out in enumerate(outputs):
+        for other in outputs[:i]:
+            if same_path(out, other):
+                fail(f'{out}: given for two outputs; each output needs its own path')
+        for path, flag in inputs.items():
+            if same_path(out, path):
+                fail(f'{out}: is also an input ({flag}); outputs never replace inputs, even with --overwrite')
+        check_output(out, overwrite)
 
 
 def check_output(path, overwrite):
     """Refuse an output path that exists (without ``overwrite``) or whose folder is missing or read-only."""
     if path is None:
         return
+    if os.path.isdir(path):
+        fail(f'{path}: is a folder, not a file name')
     if os.path.exists(path) and not overwrite:
         fail(f'{path}: exists (use --overwrite to replace it)')
     folder = os.path.dirname(os.path.abspath(path))
@@ -82,13 +230,11 @@ def check_output(path, overwrite):
 
 
 def progress(items, desc=''):
-    """Iterate over ``items`` with a Keras progress bar on stderr-like output."""
-    import keras
+    """Iterate over ``items`` printing ``desc k/n`` as each one starts (no TensorFlow needed)."""
     items = list(items)
-    bar = keras.utils.Progbar(len(items), unit_name=desc or 'step')
     for n, item in enumerate(items):
+        print(f'{desc or "step"} {n + 1}/{len(items)}', flush=True)
         yield item
-        bar.update(n + 1)
 
 
 def run(main):
@@ -101,3 +247,6 @@ def run(main):
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         raise SystemExit(130)
+    except OSError as err:  # disk full, permissions, I/O: not the user's input, no traceback either
+        print(f'error: {err}', file=sys.stderr)
+        raise SystemExit(1)

@@ -30,8 +30,11 @@ def list_volumes(data_dir=None, train_list=None, pattern='*.npz'):
     if not os.path.isfile(train_list):
         raise FileNotFoundError(f'{train_list}: list file not found')
     base = os.path.dirname(os.path.abspath(train_list))
-    with open(train_list) as f:
-        files = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+    try:
+        with open(train_list, encoding='utf-8') as f:
+            files = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+    except UnicodeDecodeError:
+        raise VolumeError(f'{train_list}: not a text file of paths (not UTF-8 text)') from None
     if not files:
         raise VolumeError(f'{train_list}: the list is empty')
     return [p if os.path.isabs(p) else os.path.join(base, p) for p in files]

@@ -33,11 +33,17 @@ class ModelFileError(InputFileError):
     """A model file that cannot be loaded: the message names the file and the problem."""
 
 
+# names of the temporary files of atomic_path: hidden, the writer's pid, the final name
+TEMP_PATTERN = r'\.tmp\d+-.+'
+
+
 @contextlib.contextmanager
 def atomic_path(path, overwrite=True):
     """Yield a temporary path beside ``path`` (same folder, ending in ``path``'s name, so
     libraries that pick a format from the suffix still do); on success it is renamed to
-    ``path``, on any error removed. Readers never see a partial file.
+    ``path``, on any error removed. Readers never see a partial file. Without
+    ``overwrite`` the final step cannot replace a file another process wrote meanwhile.
+    Errors name ``path``, never the temporary file.
     """
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
@@ -54,7 +60,21 @@ def atomic_path(path, overwrite=True):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:  # a hard link fails if the name exists: no race with another writer
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f'{path}: exists (another process wrote it meanwhile)') from None
+            except OSError:  # file systems without hard links
+                if os.path.exists(path):
+                    raise FileExistsError(f'{path}: exists (another process wrote it meanwhile)') from None
+                os.replace(tmp, path)
+    except OSError as err:
+        if err.filename == tmp or tmp in str(err):
+            raise type(err)(err.errno, f'{path}: {err.strerror or err}') from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -84,13 +104,44 @@ def _read_npz(path, key):
                                       f'(keys found: {", ".join(keys) or "none"}); pass the key to use')
             elif key not in keys:
                 raise VolumeError(f'{path}: no key {key!r} (keys found: {", ".join(keys) or "none"})')
+            with npz.zip.open(key + '.npy') as member:
+                _check_header(path, member)
             vol = npz[key]
             affine = npz['affine'] if 'affine' in keys and key != 'affine' else None
     except VolumeError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise VolumeError(f'{path}: cannot read as .npz ({err})') from err
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise VolumeError(f'{path}: cannot read as .npz ({_plain(err)})') from err
     return vol, affine
+
+
+# arrays larger than this are refused before any memory is allocated
+MAX_ARRAY_BYTES = 16 * 2 ** 30
+
+
+def _plain(err):
+    """numpy's error text without its advice to unpickle (never safe for a file from elsewhere)."""
+    text = str(err)
+    if 'allow_pickle' in text or 'pickle' in text:
+        return 'not a numeric array (it holds Python objects or is not an array file)'
+    return text
+
+
+def _check_header(path, stream):
+    """Read an ``.npy`` header from ``stream`` and refuse object arrays and arrays whose
+    claimed size is beyond :data:`MAX_ARRAY_BYTES`, before numpy allocates anything."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(stream, max_header_size=100000)
+    except (ValueError, OSError, EOFError) as err:
+        raise VolumeError(f'{path}: not a numpy array file ({_plain(err)})') from None
+    if dtype.hasobject:
+        raise VolumeError(f'{path}: holds Python objects, not a numeric array')
+    nbytes = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+    if nbytes > MAX_ARRAY_BYTES:
+        raise VolumeError(f'{path}: its header claims a {shape} {dtype} array ({nbytes / 2 ** 30:.3g} GiB), '
+                          f'beyond the {MAX_ARRAY_BYTES / 2 ** 30:.0f} GiB a volume may have; a damaged file?')
 
 
 def _read_image(path):
@@ -136,9 +187,13 @@ def load_volfile(path, key=None, ret_affine=False, ndim=None, check_finite=False
         vol, affine = _read_npz(path, key)
     elif ext == '.npy':
         try:
+            with open(path, 'rb') as f:
+                _check_header(path, f)
             vol, affine = np.load(path, allow_pickle=False), None
         except (OSError, ValueError, EOFError) as err:
-            raise VolumeError(f'{path}: cannot read as .npy ({err})') from err
+            if isinstance(err, VolumeError):
+                raise
+            raise VolumeError(f'{path}: cannot read as .npy ({_plain(err)})') from err
     else:
         vol, affine = _read_image(path)
     vol = np.asarray(vol)
@@ -157,9 +212,11 @@ def _image_dtype(array, ext):
         return array.astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         return array.astype(np.float32) if array.dtype != np.float32 else array
-    if ext == '.mgz' and array.dtype not in (np.uint8, np.int16, np.int32):
-        return array.astype(np.int32)
-    if array.dtype in (np.int64, np.uint64):
+    if ext == '.mgz' and array.dtype not in (np.uint8, np.int16, np.int32) or array.dtype in (np.int64, np.uint64):
+        # MGZ stores at most int32, and so do most NIfTI readers: refuse values that would wrap
+        if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
+            raise VolumeError(f'values in [{array.min()}, {array.max()}] do not fit the 32-bit integers of '
+                              f'{ext} files; write an .npz or .npy instead')
         return array.astype(np.int32)
     return array
 
@@ -191,6 +248,11 @@ def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=Non
     path = os.fspath(path)
     ext = volume_extension(path)
     array = np.asarray(array)
+    if ext not in ('.npz', '.npy'):
+        try:
+            array = _image_dtype(array, ext)
+        except VolumeError as err:
+            raise VolumeError(f'{path}: {err}') from None
     with atomic_path(path, overwrite=overwrite) as tmp:
         if ext == '.npz':
             arrays = {key: array, **(extra or {})}
@@ -203,7 +265,7 @@ def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=Non
         else:
             import nibabel as nib
             aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-            img = (nib.MGHImage if ext == '.mgz' else nib.Nifti1Image)(_image_dtype(array, ext), aff)
+            img = (nib.MGHImage if ext == '.mgz' else nib.Nifti1Image)(array, aff)
             nib.save(img, tmp)
 
 

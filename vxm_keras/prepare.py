@@ -140,9 +140,22 @@ def write_prepared(prepared, path, overwrite=False):
     else:
         save_volfile(path, prepared['vol'], affine=prepared['affine'], overwrite=overwrite)
         if 'seg' in prepared:
-            stem = path[:-7] if path.endswith('.nii.gz') else os.path.splitext(path)[0]
-            save_volfile(stem + '_seg.nii.gz', prepared['seg'], affine=prepared['affine'],
-                         overwrite=overwrite)
+            save_volfile(_seg_path(path), prepared['seg'], affine=prepared['affine'], overwrite=overwrite)
+
+
+def _seg_path(path):
+    stem = path[:-7] if path.endswith('.nii.gz') else os.path.splitext(path)[0]
+    return stem + '_seg.nii.gz'
+
+
+def _outputs(dst, with_seg, nifti):
+    """Every file :func:`write_prepared` writes for ``dst`` (and its NIfTI copy)."""
+    outs = [dst]
+    if with_seg and not dst.endswith('.npz'):
+        outs.append(_seg_path(dst))
+    if nifti and dst.endswith('.npz'):
+        outs += [dst[:-4] + '.nii.gz'] + ([_seg_path(dst[:-4] + '.nii.gz')] if with_seg else [])
+    return outs
 
 
 def _is_freesurfer_subject(folder):
@@ -161,7 +174,7 @@ def main(argv=None):
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     args = parser.parse_args(argv)
 
-    from .cli import fail, progress
+    from .cli import check_outputs, fail, progress
     try:
         if os.path.isdir(args.input) and not _is_freesurfer_subject(args.input):
             subjects = sorted(d for d in os.listdir(args.input)
@@ -174,9 +187,14 @@ def main(argv=None):
             if not os.path.exists(args.input):
                 fail(f'{args.input}: not found')
             jobs = [(args.input, args.output)]
+        # every output is checked before any is written
+        for src, dst in jobs:
+            outs = _outputs(dst, with_seg=os.path.isdir(src) or bool(args.seg), nifti=args.nifti)
+            check_outputs(outs, {src: 'the scan or subject to prepare', args.seg: '--seg'}, args.overwrite)
+            for out in outs:
+                if os.path.isdir(src) and os.path.realpath(out).startswith(os.path.realpath(src) + os.sep):
+                    fail(f'{out}: inside the input subject folder {src}; write the outputs elsewhere')
         for src, dst in progress(jobs, desc='prepare'):
-            if os.path.exists(dst) and not args.overwrite:
-                fail(f'{dst}: exists (use --overwrite to replace it)')
             if os.path.isdir(src):
                 prepared = prepare_freesurfer_subject(src)
             else:

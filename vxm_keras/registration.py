@@ -113,7 +113,7 @@ class Registration:
         """Raise ``ValueError`` naming ``name`` unless ``vol`` is on the model's grid."""
         vol = np.asarray(vol)
         if vol.ndim != len(self.inshape):
-            raise ValueError(f'{name}: a {vol.ndim}-D array, but the model registers {len(self.inshape)}-D '
+            raise ValueError(f'{name}: a {vol.ndim}-D scan, but the model registers {len(self.inshape)}-D '
                              f'volumes {self.inshape}')
         if vol.shape != self.inshape:
             raise ValueError(f'{name}: shape {vol.shape}, but the model takes {self.inshape}')

@@ -124,12 +124,12 @@ def _engine(args, fixed_path, fixed):
 
 def _check_pair(reg, path, vol, fixed_path, fixed):
     from ..cli import UserError
+    if vol.ndim == fixed.ndim and vol.shape != fixed.shape:
+        raise UserError(f'{path}: shape {vol.shape} differs from the fixed scan {fixed_path} {fixed.shape}')
     try:
         reg.check(vol, path)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if vol.shape != fixed.shape:
-        raise UserError(f'{path}: shape {vol.shape} differs from the fixed scan {fixed_path} {fixed.shape}')
 
 
 def _options(args):

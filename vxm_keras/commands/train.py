@@ -13,10 +13,9 @@ import re
 import sys
 import tempfile
 
-from ..cli import check_schedule, fail, run, setup_device
+from ..cli import check_schedule, fail, run, setup_device, start_tensorflow
 
-REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'data')
-DEFAULT_ATLAS = os.path.join(REPO_DATA, 'atlas.npz')
+from ..shipped import DEFAULT_ATLAS
 
 
 def build_parser():
@@ -29,6 +28,7 @@ def build_parser():
                    help="fixed image for scan-to-atlas training (default data/atlas.npz); 'none' for scan-to-scan")
     p.add_argument('--model', default='vm2', choices=['vm1', 'vm2', 'vm2diff'],
                    help='vm1, vm2 (CVPR 2018 / TMI 2019), or vm2diff (probabilistic diffeomorphic, MICCAI 2018)')
+    p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
     p.add_argument('--gpu', default=None, help="GPU id or comma list ('-1' or absent: CPU)")
     p.add_argument('--image-loss', '--image_loss', dest='image_loss', default='ncc', choices=['ncc', 'mse'])
     p.add_argument('--lambda', '--reg_param', dest='lam', type=float, default=None,
@@ -39,6 +39,9 @@ def build_parser():
     p.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=1)
     p.add_argument('--model-dir', '--model_dir', dest='model_dir', default='runs/train',
                    help='where checkpoints and the log go (default runs/train)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the run in --model-dir (a new run: its checkpoints and log; a resumed run: '
+                        'the checkpoints after the one resumed from)')
     p.add_argument('--load-model', '--load_model_file', dest='load_model', default=None,
                    help='resume from this .h5')
     p.add_argument('--init-weights', dest='init_weights', default=None,
@@ -60,6 +63,18 @@ def build_parser():
                    help="weight of the auxiliary Dice loss on the scans' 'seg' maps (TMI 2019); 0 = off")
     p.add_argument('--seg-labels', dest='seg_labels', type=int, nargs='+', default=None,
                    help='labels of that Dice loss (default: the 30 structures, or the atlas seg labels)')
+    p.add_argument('--seg-full-res', dest='seg_full_res', action='store_true',
+                   help='score the auxiliary Dice loss at full resolution (default: on the U-Net\'s grid when '
+                        '--unet-downsize > 1, 3-4x cheaper with 30 labels)')
+    p.add_argument('--augment', action='store_true',
+                   help='augment every training scan on the fly: affine jitter, smooth random deformation, '
+                        'left-right flip (hemisphere labels swapped), gamma, bias field, noise '
+                        '(vxm_keras.augment); seeded by --seed and resumable')
+    p.add_argument('--synth', default=None, metavar='DIR',
+                   help='label-driven synthesis (SynthMorph): train on images drawn at random from label maps '
+                        '(the training scans\' seg maps, plus the .nii.gz/.mgz/.npz maps in DIR, reduced to the '
+                        'brain and centred on the grid), scored by the Dice of the warped labels alone; '
+                        'the result does not depend on the scans\' contrast')
     p.add_argument('--mixed-precision', dest='mixed_precision', action='store_true',
                    help='GPU: float16 convolutions (the field, the warp and the losses stay float32)')
     p.add_argument('--xla', default='auto', choices=['auto', 'on', 'off'],
@@ -102,10 +117,11 @@ def _losses(args, model, lam):
     return [image, losses.Grad('l2')], [1.0, lam]
 
 
-def _targets_for(model):
+def _targets_for(model, seg_factor=1):
     """Map the generators' ``(inputs, (fixed, zeros[, fixed_seg]))`` to the registration
     model's outputs: the dummy zeros take the shape of its last output (the field the
-    regulariser sees), a bidirectional model also gets the moving image as target."""
+    regulariser sees), a bidirectional model also gets the moving image as target, and the
+    fixed labels are subsampled by ``seg_factor`` (a coarse auxiliary Dice loss)."""
     import tensorflow as tf
     field_shape = list(model.outputs[-1].shape[1:])
     bidir = len(model.outputs) == 3
@@ -113,7 +129,9 @@ def _targets_for(model):
     def fn(inputs, targets):
         moving = inputs[0]
         zeros = tf.zeros(tf.concat([tf.shape(moving)[:1], field_shape], 0))
-        return inputs, (targets[0], *([moving] if bidir else []), zeros, *targets[2:])
+        segs = [t[(slice(None), *[slice(None, None, seg_factor)] * (len(t.shape) - 2), slice(None))]
+                for t in targets[2:]]
+        return inputs, (targets[0], *([moving] if bidir else []), zeros, *segs)
     return fn
 
 
@@ -152,11 +170,12 @@ def _load_segs(args, files, atlas_path, shape):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    n_gpus = setup_device(args.gpu)
+    n_gpus = setup_device(args.gpu, args.verbose)
     lam = args.lam if args.lam is not None else (1.0 if args.image_loss == 'ncc' else 0.01)
     initial_epoch = check_schedule(args)
 
     def body():
+        start_tensorflow()
         import keras
         import numpy as np
         import tensorflow as tf
@@ -176,15 +195,30 @@ def main(argv=None):
             atlas = load_volfile(args.atlas, check_finite=True)
             if atlas.ndim not in (2, 3):
                 fail(f'{args.atlas}: expected a 2-D or 3-D atlas, got shape {atlas.shape}')
+        if atlas is None and len(files) < 2:
+            fail(f'scan-to-scan training (--atlas none) needs at least 2 scans, got {len(files)} '
+                 f'({files[0]}); give more scans or an atlas')
         vols = generators.load_volumes(files, shape=None if atlas is None else atlas.shape)
         inshape = vols.shape[1:]
         print(f'{len(files)} training scans of shape {inshape}; '
               f'{"atlas " + args.atlas if atlas is not None else "scan-to-scan pairs"}', flush=True)
 
         segs = atlas_seg = seg_labels = None
+        if args.synth and args.seg_weight <= 0:
+            args.seg_weight = 1.0
+        if args.synth and atlas is not None:
+            fail('--synth trains on pairs drawn from label maps: use it with --atlas none')
         if args.seg_weight > 0:
             segs, atlas_seg, seg_labels = _load_segs(args, files, None if atlas is None else args.atlas, inshape)
             print(f'auxiliary Dice loss (weight {args.seg_weight}) on labels {seg_labels}', flush=True)
+        if args.synth:
+            from ..synth import load_label_maps
+            maps = load_label_maps(args.synth, inshape)
+            segs = np.concatenate([segs, maps])
+            # the generator's images are replaced by synthetic ones: the label maps stand in
+            vols = segs.astype(np.float32)
+            print(f'synthesis: {len(maps)} label maps from {args.synth} and {len(files)} training seg maps',
+                  flush=True)
 
         strategy, is_chief = _strategy(tf, n_gpus)
         if args.batch_size % strategy.num_replicas_in_sync:
@@ -226,9 +260,14 @@ def main(argv=None):
                           f'{len(skipped)} start fresh ({", ".join(skipped) or "none"})', flush=True)
                     del source
             loss_fns, loss_weights = _losses(args, model, lam)
+            if args.synth:  # synthetic contrasts differ by design: only the labels are compared
+                loss_weights[0] = 0.0
             trained = model
+            seg_factor = 1
             if args.seg_weight > 0:
-                trained = networks.seg_supervised(model, seg_labels)
+                coarse = not args.seg_full_res and model.field_factor > 1 and not model.diffeomorphic
+                seg_factor = model.field_factor if coarse else 1
+                trained = networks.seg_supervised(model, seg_labels, coarse=coarse)
                 loss_fns.append(losses.Dice(labels=seg_labels))
                 loss_weights.append(args.seg_weight)
             trained.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights,
@@ -251,7 +290,19 @@ def main(argv=None):
         else:
             gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, segs=segs,
                                            atlas_seg=atlas_seg, **sampling)
-        dataset = generators.as_dataset(gen).map(_targets_for(model))
+        dataset = generators.as_dataset(gen)
+        if args.synth:
+            from ..synth import pair_synthesizer
+            dataset = dataset.enumerate(start=sampling['start']).map(
+                pair_synthesizer((args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31))
+                                 + 7919 * worker)).prefetch(1)
+        elif args.augment:
+            from ..augment import pair_augmenter
+            # batch k gets the augmentation drawn from (seed, k), resumed runs included
+            dataset = dataset.enumerate(start=sampling['start']).map(
+                pair_augmenter((args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31))
+                               + 7919 * worker)).prefetch(1)
+        dataset = dataset.map(_targets_for(model, seg_factor))
         if strategy.num_replicas_in_sync > 1:
             # every worker draws its own random pairs; nothing to shard
             options = tf.data.Options()

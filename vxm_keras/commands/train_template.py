@@ -28,7 +28,7 @@ import csv
 import os
 import sys
 
-from ..cli import check_schedule, fail, run, setup_device
+from ..cli import check_schedule, fail, run, setup_device, start_tensorflow
 
 
 def build_parser():
@@ -57,9 +57,13 @@ def build_parser():
     p.add_argument('--steps-per-epoch', dest='steps_per_epoch', type=int, default=100)
     p.add_argument('--batch-size', dest='batch_size', type=int, default=8)
     p.add_argument('--model-dir', dest='model_dir', default='runs/template')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the run in --model-dir (a new run: its checkpoints and log; a resumed run: '
+                        'the checkpoints after the one resumed from)')
     p.add_argument('--load-model', dest='load_model', default=None, help='resume from this .h5')
     p.add_argument('--initial-epoch', dest='initial_epoch', type=int, default=None)
     p.add_argument('--seed', type=int, default=None)
+    p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
     p.add_argument('--gpu', default=None)
     return p
 
@@ -109,10 +113,11 @@ def _read_attributes(path, files):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    setup_device(args.gpu)
+    setup_device(args.gpu, args.verbose)
     initial_epoch = check_schedule(args)
 
     def body():
+        start_tensorflow()
         import keras
         import numpy as np
 

@@ -1,0 +1,37 @@
+"""A plain (non-editable) install finds the shipped atlas and models (setup.py data_files,
+vxm_keras.shipped), so the commands' defaults work outside a source checkout."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def test_plain_install_in_a_fresh_venv_finds_the_shipped_files(tmp_path):
+    venv = tmp_path / 'venv'
+    # an empty venv: vxm_keras.shipped needs nothing but the standard library, and this
+    # environment's editable install must not be the one imported
+    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    python = str(venv / 'bin' / 'python')
+    # a copy of the working tree: pip builds in the source folder, which must not be the repository
+    source = tmp_path / 'src'
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns('.git', 'runs', 'build', '*.egg-info', '__pycache__',
+                                                                '.pytest_cache', 'tests', 'bench'))
+    proc = subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps', str(source)],
+                          capture_output=True, text=True)
+    if proc.returncode and ('NewConnectionError' in proc.stderr or 'No matching distribution' in proc.stderr):
+        pytest.skip('no package index reachable for the build requirements (setuptools, wheel)')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k not in ('VXM_KERAS_HOME', 'PYTHONPATH')}
+    code = ('import os, vxm_keras.shipped as s; '
+            'print(os.path.dirname(s.__file__)); print(s.DEFAULT_ATLAS); print(s.DEFAULT_MODEL)')
+    out = subprocess.run([python, '-c', code], cwd=tmp_path, env=dict(env, VXM_KERAS_DEFER_IMPORTS='1'),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    package, atlas, model = out.stdout.split()
+    assert package.startswith(str(venv)), f'imported {package}, not the venv copy'
+    for path in (atlas, model):
+        assert path.startswith(str(venv)) and os.path.isfile(path), path

@@ -1,0 +1,191 @@
+"""What the tools promise (README, 'What the tools promise'): nothing a user has is lost,
+outputs are whole or absent, and user errors end in one line, not a traceback.
+One test per class of defect, each run through the scripts as a user runs them."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, blob, script, user_error
+from vxm_keras.io import VolumeError, atomic_path, load_volfile, save_volfile
+
+
+def _model(dataset):
+    return dataset / 'run' / '0002.h5'
+
+
+def test_outputs_never_replace_inputs(dataset, tmp_path):
+    """--overwrite replaces old outputs, never inputs: same path, or a symlink to an input."""
+    moving = tmp_path / 'm.npz'
+    shutil.copy(dataset / 'train' / 's0.npz', moving)
+    before = load_volfile(moving, key='seg')
+    common = ['--moving', moving, '--fixed', dataset / 'atlas.npz', '--model', _model(dataset), '--overwrite']
+    err = user_error(script('register.py', *common, '--moved', moving, check=False))
+    assert 'is also an input (--moving)' in err
+    os.symlink(dataset / 'atlas.npz', tmp_path / 'link.npz')
+    err = user_error(script('register.py', *common, '--warp', tmp_path / 'link.npz', check=False))
+    assert 'is also an input (--fixed)' in err
+    np.testing.assert_array_equal(load_volfile(moving, key='seg'), before)
+    # prepare: an output that is the input
+    proc = subprocess.run([sys.executable, '-m', 'vxm_keras.prepare', str(moving), str(moving), '--overwrite'],
+                          capture_output=True, text=True)
+    err = user_error(proc)
+    assert 'is also an input' in err
+    np.testing.assert_array_equal(load_volfile(moving, key='seg'), before)
+
+
+def test_batch_mode_never_maps_two_scans_to_one_output(dataset, tmp_path):
+    for sub in ('dupA', 'dupB'):
+        (tmp_path / sub).mkdir()
+        shutil.copy(dataset / 'train' / 's0.npz', tmp_path / sub / 'scan.npz')
+    listing = tmp_path / 'dup.txt'
+    listing.write_text('dupA/scan.npz\ndupB/scan.npz\n')
+    out = tmp_path / 'out'
+    err = user_error(script('register.py', '--moving-list', listing, '--fixed', dataset / 'atlas.npz',
+                            '--model', _model(dataset), '--out-dir', out, check=False))
+    assert 'dupA/scan.npz' in err and 'dupB/scan.npz' in err
+    assert not out.exists(), 'a refused run leaves no folder behind'
+
+
+def test_batch_mode_into_its_input_folder_skips_earlier_outputs(dataset, tmp_path):
+    folder = tmp_path / 'scans'
+    folder.mkdir()
+    shutil.copy(dataset / 'train' / 's0.npz', folder / 's0.npz')
+    args = ['--moving', folder, '--fixed', dataset / 'atlas.npz', '--model', _model(dataset), '--out-dir', folder]
+    script('register.py', *args)
+    (folder / '.tmp999-s0_moved.npz').write_bytes(b'partial')  # what a SIGKILL leaves
+    proc = script('register.py', *args, '--resume')
+    assert sorted(os.listdir(folder)) == ['s0.npz', 's0_moved.npz']
+    assert 'outputs of earlier runs' in proc.stderr
+
+
+def test_training_never_clobbers_a_run(dataset, tmp_path):
+    run = tmp_path / 'run'
+    shutil.copytree(dataset / 'run', run)
+    data = ['--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--steps-per-epoch', 1]
+    before = (run / '0001.h5').read_bytes()
+    # a new run into a run's folder
+    err = user_error(script('train.py', *data, '--epochs', 3, '--model-dir', run, check=False))
+    assert 'holds a training run' in err and '--load-model' in err
+    # resuming from an earlier checkpoint would overwrite the later one
+    err = user_error(script('train.py', *data, '--epochs', 3, '--model-dir', run, '--load-model', run / '0001.h5',
+                            check=False))
+    assert '0002.h5' in err
+    assert (run / '0001.h5').read_bytes() == before
+    # a renamed checkpoint resumes where it ended (epoch 2), not at 0
+    shutil.copy(run / '0002.h5', tmp_path / 'best.h5')
+    script('train.py', *data, '--epochs', 3, '--model-dir', run, '--load-model', tmp_path / 'best.h5')
+    assert (run / '0001.h5').read_bytes() == before
+    # --overwrite: resume from 0001 replacing the later ones; the log reads each epoch once
+    script('train.py', *data, '--epochs', 2, '--model-dir', run, '--load-model', run / '0001.h5', '--overwrite')
+    assert sorted(p for p in os.listdir(run) if p.endswith('.h5')) == ['0001.h5', '0002.h5']
+    rows = list(csv.DictReader(open(run / 'training_log.csv')))
+    assert [r['epoch'] for r in rows] == ['0', '1']
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--lr', '-0.01'], '--lr must be positive'),
+    (['--lr', '0'], '--lr must be positive'),
+    (['--lambda', '-5'], '--lambda must be >= 0'),
+])
+def test_training_refuses_meaningless_hyperparameters(dataset, tmp_path, args, message):
+    err = user_error(script('train.py', '--data-dir', dataset / 'train', *args, '--model-dir', tmp_path / 'r',
+                            check=False))
+    assert message in err
+    assert not (tmp_path / 'r').exists()
+
+
+def test_user_errors_are_one_line(dataset, tmp_path):
+    model = _model(dataset)
+    common = ['--fixed', dataset / 'atlas.npz', '--model', model]
+    # a figure with a data extension: refused before anything is written
+    err = user_error(script('register.py', '--moving', dataset / 'train' / 's0.npz', *common,
+                            '--moved', tmp_path / 'moved.npz', '--png', tmp_path / 'fig.npz', check=False))
+    assert 'fig.npz' in err and not (tmp_path / 'moved.npz').exists()
+    # a list that is not text
+    bad_list = tmp_path / 'list.txt'
+    bad_list.write_bytes(b'\xff\xfe\x00binary\x80\x81')
+    err = user_error(script('register.py', '--moving-list', bad_list, *common, '--out-dir', tmp_path / 'o',
+                            check=False))
+    assert 'list.txt' in err and 'UTF-8' in err
+    # NaN in a label map
+    nan_seg = tmp_path / 'nanseg.npz'
+    seg = blob((16, 16, 16))[1].astype(np.float32)
+    seg[0, 0, 0] = np.nan
+    save_volfile(nan_seg, seg, extra={'seg': seg})
+    err = user_error(script('register.py', '--moving', dataset / 'train' / 's0.npz', *common, '--moving-seg',
+                            nan_seg, '--moved-seg', tmp_path / 'ms.npz', '--moved', tmp_path / 'm.npz', check=False))
+    assert 'nanseg.npz' in err and 'NaN' in err
+    # GPUs that are not there
+    err = user_error(script('register.py', '--moving', dataset / 'train' / 's0.npz', *common, '--gpu', '5',
+                            '--moved', tmp_path / 'm2.npz', check=False))
+    assert '--gpu 5' in err
+    # test.py on labels no scan has
+    err = user_error(script('test.py', '--model', model, '--data-dir', dataset / 'train', '--atlas', 'none',
+                            '--labels', '9999', check=False))
+    assert '9999' in err
+    # a foreign Keras model
+    import keras
+    x = keras.Input((32, 32, 32, 1))
+    foreign = tmp_path / 'foreign.h5'
+    keras.Model(x, keras.layers.Conv3D(1, 3, padding='same')(x)).save(foreign)
+    err = user_error(script('register.py', '--moving', dataset / 'train' / 's0.npz', '--fixed',
+                            dataset / 'atlas.npz', '--model', foreign, '--moved', tmp_path / 'm3.npz', check=False))
+    assert 'foreign.h5' in err and 'not a vxm_keras registration model' in err
+
+
+def test_tensorflow_start_up_is_quiet(dataset, tmp_path):
+    """No TensorFlow chatter (or a GPU-less machine's 'failed call to cuInit') unless asked."""
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'register.py'), '--moving',
+                           str(dataset / 'train' / 's0.npz'), '--fixed', str(dataset / 'atlas.npz'),
+                           '--model', str(_model(dataset)), '--moved', str(tmp_path / 'm.npz')],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == '', proc.stderr
+    # prepare needs no TensorFlow at all
+    code = ('import subprocess, sys; out = subprocess.run([sys.executable, "-X", "importtime", "-m", '
+            '"vxm_keras.prepare", "--help"], capture_output=True, text=True); '
+            'print("tensorflow" in out.stderr)')
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.strip() == 'False'
+
+
+def test_atomic_writes_name_the_users_file_and_never_race(tmp_path):
+    target = tmp_path / 'out.npz'
+    with pytest.raises(OSError) as info:
+        with atomic_path(target) as tmp:
+            raise OSError(28, 'No space left on device', tmp)
+    assert str(target) in str(info.value) and '.tmp' not in str(info.value)
+    assert os.listdir(tmp_path) == []
+    # another writer gets there first: without overwrite, its file stays
+    with pytest.raises(FileExistsError, match='meanwhile'):
+        with atomic_path(target, overwrite=False) as tmp:
+            open(tmp, 'w').write('mine')
+            open(target, 'w').write('theirs')
+    assert target.read_text() == 'theirs' and os.listdir(tmp_path) == ['out.npz']
+
+
+def test_volume_files_that_lie(tmp_path):
+    # a header claiming a huge array is refused before allocating
+    huge = tmp_path / 'huge.npy'
+    with open(huge, 'wb') as f:
+        np.lib.format.write_array_header_1_0(f, {'descr': '<f4', 'fortran_order': False,
+                                                 'shape': (40000, 40000, 40000)})
+        f.write(b'\0' * 64)
+    with pytest.raises(VolumeError, match='GiB'):
+        load_volfile(huge)
+    # random bytes: no advice to unpickle
+    junk = tmp_path / 'junk.npz'
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(VolumeError) as info:
+        load_volfile(junk)
+    assert 'allow_pickle' not in str(info.value)
+    # integers that a header format cannot hold are refused, not wrapped
+    for ext, value in (('.nii.gz', 2 ** 31 + 5), ('.mgz', 2 ** 40)):
+        with pytest.raises(VolumeError, match='32-bit'):
+            save_volfile(tmp_path / f'big{ext}', np.full((4, 4, 4), value, np.int64 if ext != '.mgz' else np.uint64))
+        assert not (tmp_path / f'big{ext}').exists()
