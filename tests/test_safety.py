@@ -189,3 +189,29 @@ def test_volume_files_that_lie(tmp_path):
         with pytest.raises(VolumeError, match='32-bit'):
             save_volfile(tmp_path / f'big{ext}', np.full((4, 4, 4), value, np.int64 if ext != '.mgz' else np.uint64))
         assert not (tmp_path / f'big{ext}').exists()
+
+
+def test_a_set_of_outputs_is_written_whole_or_not_at_all(tmp_path):
+    from vxm_keras.io import atomic_paths
+    paths = [tmp_path / 'moved.npz', tmp_path / 'warp.npz']
+    with pytest.raises(OSError) as info:
+        with atomic_paths(paths) as tmps:
+            save_volfile(tmps[str(paths[0])], np.zeros((4, 4), np.float32), overwrite=True)
+            raise OSError(28, 'No space left on device', tmps[str(paths[1])])
+    assert str(paths[1]) in str(info.value)
+    assert os.listdir(tmp_path) == [], 'neither output, and no temporary file'
+    with atomic_paths(paths) as tmps:
+        for p in paths:
+            save_volfile(tmps[str(p)], np.ones((4, 4), np.float32), overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ['moved.npz', 'warp.npz']
+
+
+def test_attribute_tables_that_are_not_tables(dataset, tmp_path):
+    ragged = tmp_path / 'ragged.csv'
+    ragged.write_text('file,age,sex\ns0.npz,30,1\ns1.npz,40\n')
+    binary = tmp_path / 'binary.csv'
+    binary.write_bytes(b'\xff\xfe,\x80\n\x81,\x82\n')
+    for table, message in ((ragged, 'line 3 has 2 fields'), (binary, 'UTF-8')):
+        err = user_error(script('train_template.py', '--data-dir', dataset / 'train', '--attributes', table,
+                                '--model-dir', tmp_path / 'r', '--epochs', 1, '--steps-per-epoch', 1, check=False))
+        assert table.name in err and message in err

@@ -80,6 +80,25 @@ def atomic_path(path, overwrite=True):
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_paths(paths, overwrite=True):
+    """:func:`atomic_path` for a set of outputs written together: yields ``{path: temporary
+    path}``; only when the block ends without error are all of them renamed into place, so a
+    failure (disk full, Ctrl-C) leaves none of the set, not some. Errors name the user's paths."""
+    paths = [os.fspath(p) for p in paths]
+    with contextlib.ExitStack() as stack:
+        tmps = {}
+        for path in paths:
+            tmps[path] = stack.enter_context(atomic_path(path, overwrite=overwrite))
+        try:
+            yield tmps
+        except OSError as err:
+            for path, tmp in tmps.items():
+                if err.filename == tmp or tmp in str(err):
+                    raise type(err)(err.errno, f'{path}: {err.strerror or err}') from None
+            raise
+
+
 def volume_extension(path):
     """The recognised extension of ``path`` (``'.nii.gz'`` counts as one), or raise."""
     name = os.fspath(path).lower()

@@ -149,7 +149,7 @@ def _warn_range(name, vol):
 def _single(args):
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..io import load_volfile, save_volfile, volume_extension
+    from ..io import atomic_paths, load_volfile, save_volfile, volume_extension
 
     if args.moved_seg and not args.moving_seg:
         fail('--moved-seg needs --moving-seg')
@@ -203,14 +203,16 @@ def _single(args):
     t2 = time.perf_counter()
     out_affine = affine if affine is not None else fixed_affine
     arrays = [(args.moved, moved), (args.warp, warp), (args.inverse_warp, inverse), (args.moved_seg, moved_seg)]
-    # outputs are compressed and written side by side; each is atomic on its own
-    with ThreadPoolExecutor(3) as pool:
-        writes = [pool.submit(save_volfile, path, array, affine=out_affine, overwrite=args.overwrite)
-                  for path, array in arrays if path]
+    arrays = [(path, array) for path, array in arrays if path]
+    # written side by side under temporary names, renamed together: all outputs or none
+    with atomic_paths([path for path, _ in arrays] + ([args.png] if args.png else []),
+                      overwrite=args.overwrite) as tmps, ThreadPoolExecutor(3) as pool:
+        writes = [pool.submit(save_volfile, tmps[path], array, affine=out_affine, overwrite=True)
+                  for path, array in arrays]
         if args.png:
-            from ..plot import save_figure_atomic, slices_figure
-            save_figure_atomic(args.png, slices_figure, [moving, fixed, moved], ['moving', 'fixed', 'moved'],
-                               segs=[moving_seg, fixed_seg, moved_seg], overwrite=args.overwrite)
+            from ..plot import slices_figure
+            slices_figure(tmps[args.png], [moving, fixed, moved], ['moving', 'fixed', 'moved'],
+                          segs=[moving_seg, fixed_seg, moved_seg])
         for w in writes:
             w.result()
     t_write = time.perf_counter() - t2

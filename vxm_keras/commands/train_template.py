@@ -95,16 +95,25 @@ def fashion_mnist(folder, condition, n_images, scale_range, rng):
 
 def _read_attributes(path, files):
     import numpy as np
-    with open(path, newline='') as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline='', encoding='utf-8') as f:
+            rows = [row for row in csv.reader(f) if row]
+    except UnicodeDecodeError:
+        fail(f'{path}: not a CSV text file (not UTF-8 text)')
     if len(rows) < 2:
         fail(f'{path}: needs a header and one row per scan')
     table = {}
+    width = len(rows[0])
     for n, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            fail(f'{path}: line {n} has {len(row)} fields, the header {width}')
         try:
-            table[os.path.basename(row[0])] = [float(v) for v in row[1:]]
+            values = [float(v) for v in row[1:]]
         except (ValueError, IndexError):
             fail(f'{path}: line {n}: expected a file name and numbers, got {row}')
+        if not all(np.isfinite(values)):
+            fail(f'{path}: line {n}: attributes must be finite numbers, got {row}')
+        table[os.path.basename(row[0])] = values
     missing = [os.path.basename(f) for f in files if os.path.basename(f) not in table]
     if missing:
         fail(f'{path}: no row for {", ".join(missing[:5])}')
