@@ -15,7 +15,8 @@ setup(
     # the default atlas, the example scan and the trained models, for plain (non-editable)
     # installs: found through vxm_keras.shipped
     data_files=[
-        ('share/vxm-keras/data', ['data/atlas.npz', 'data/example_moving.npz', 'data/README.md']),
+        ('share/vxm-keras/data', ['data/atlas.npz', 'data/example_moving.npz', 'data/example_native.nii.gz',
+                                   'data/README.md']),
         ('share/vxm-keras/models', sorted(glob.glob('models/*.h5')) + ['models/README.md']),
     ],
     python_requires='>=3.10',

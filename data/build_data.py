@@ -11,6 +11,8 @@ grid (vxm_keras.prepare.TARGET_SHAPE / TARGET_AFFINE) and scaled to [0, 1];
 3 white matter, by the largest of p_gm, p_wm and 1 - p_gm - p_wm inside the
 brain mask).
 example_moving.npz: Colin27's skull-stripped ch2bet, prepared the same way.
+example_native.nii.gz: ch2bet as distributed (its own 181x217x181 grid), for registration of a
+scan that is not on the model grid.
 """
 import argparse
 import os
@@ -69,6 +71,8 @@ def main():
     colin = prepare_volume(os.path.join(args.templates, 'colin27', 'ch2bet.nii.gz'))
     save_volfile(os.path.join(HERE, 'example_moving.npz'), colin['vol'], affine=TARGET_AFFINE,
                  overwrite=args.overwrite)
+    native, native_affine = load_volfile(os.path.join(args.templates, 'colin27', 'ch2bet.nii.gz'), ret_affine=True)
+    save_volfile(os.path.join(HERE, 'example_native.nii.gz'), native, affine=native_affine, overwrite=args.overwrite)
     print('wrote', os.path.join(HERE, 'atlas.npz'), 'and', os.path.join(HERE, 'example_moving.npz'))
 
 

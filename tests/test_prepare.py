@@ -96,3 +96,25 @@ def test_prepare_cli_folder(tmp_path):
     assert out.shape == prepare.TARGET_SHAPE
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and 'exists' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@needs_data
+def test_subject_without_talairach_xfm_is_aligned(tmp_path):
+    """brainmask.mgz + aseg.mgz alone: the affine alignment to the atlas replaces talairach.xfm. Two
+    subjects prepared so overlap at least as well as with FreeSurfer's transform (measured on all 28 pairs
+    of the shared subjects: 0.647 against 0.589, models/eval/affine)."""
+    import shutil
+    prepared = {}
+    for s in ('sub-01', 'sub-02'):
+        for name in ('brainmask.mgz', 'aseg.mgz'):
+            os.makedirs(tmp_path / s, exist_ok=True)
+            shutil.copy(os.path.join(FREESURFER, s, name), tmp_path / s / name)
+        prepared[s] = prepare.prepare_freesurfer_subject(str(tmp_path / s))
+        assert prepared[s]['vol'].shape == prepare.TARGET_SHAPE
+    by_xfm = [prepare.prepare_freesurfer_subject(os.path.join(FREESURFER, s))['seg'] for s in prepared]
+    aligned = np.nanmean(dice(prepared['sub-01']['seg'], prepared['sub-02']['seg'], PAPER_LABELS)[1])
+    with_xfm = np.nanmean(dice(*by_xfm, PAPER_LABELS)[1])
+    assert aligned > with_xfm - 0.02, (aligned, with_xfm)
+    # the same subject both ways: the two targets (MNI152 atlas, MNI305) differ by millimetres only
+    same = dice(prepared['sub-01']['seg'] > 0, by_xfm[0] > 0, [1])[1][0]
+    assert same > 0.85, same

@@ -91,3 +91,33 @@ def test_save_load_round_trip(tmp_path, rng):
     assert type(loaded).__name__ == 'VxmDenseProb' and loaded.bidir
     for a, b in zip(ref, loaded.warp_model(inverse=True).predict([x, x], verbose=0)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _constant_variance_model(log_sigma):
+    """vm2diff whose mean velocity is 0 and log-variance ``log_sigma`` everywhere."""
+    model = networks.vm2diff((16, 16, 16))
+    for name in ('flow_mean', 'flow_log_sigma'):
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        layer.set_weights([np.zeros_like(kernel), np.full_like(bias, 0.0 if name == 'flow_mean' else log_sigma)])
+    return model
+
+
+def test_uncertainty_scales_with_the_predicted_standard_deviation():
+    """Zero mean and a constant log-variance c: for small velocities the integration is nearly the
+    identity map of the velocity, so the displacement's standard deviation grows as exp(c / 2)."""
+    from vxm_keras.registration import Registration
+    pair = [np.random.default_rng(1).random((16, 16, 16)).astype(np.float32) for _ in range(2)]
+    low = Registration(_constant_variance_model(-14.0)).uncertainty(*pair, samples=32, seed=3)
+    high = Registration(_constant_variance_model(-12.0)).uncertainty(*pair, samples=32, seed=3)
+    assert low.shape == (16, 16, 16) and np.all(low >= 0)
+    assert np.mean(high) / np.mean(low) == pytest.approx(np.e, rel=0.02)
+    # and none at all when the model is certain
+    assert Registration(_constant_variance_model(-40.0)).uncertainty(*pair).max() < 1e-6
+
+
+def test_uncertainty_needs_a_probabilistic_model():
+    from vxm_keras.registration import Registration
+    vol = np.zeros((16, 16, 16), np.float32)
+    with pytest.raises(ValueError, match='not a probabilistic model'):
+        Registration(networks.vm2((16, 16, 16))).uncertainty(vol, vol)

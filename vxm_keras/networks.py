@@ -319,6 +319,12 @@ class VxmDenseProb(RegistrationModel):
         self.indexing = indexing
         # inference uses the mean velocity (SampleNormal passes it through outside training)
         self._set_deformation(mean, warp, factor, int_steps)
+        self._log_sigma_tensor = log_sigma
+
+    def variance_model(self):
+        """Model ``[moving, fixed] -> [mean, log_sigma]``: the predicted distribution of the
+        velocity, each ``(batch, *inshape / field_factor, ndim)``, variance ``exp(log_sigma)``."""
+        return keras.Model(self.inputs, [self._field_tensor, self._log_sigma_tensor], name=self.name + '_variance')
 
     def get_config(self):
         return dict(inshape=list(self.inshape), enc_nf=self.enc_nf, dec_nf=self.dec_nf,

@@ -54,7 +54,7 @@ def _show(ax, img, title=None, boundary=None):
     ax.axis('off')
 
 
-def slices_figure(path, volumes, titles, segs=None, index=None):
+def slices_figure(path, volumes, titles, segs=None, index=None, heat=None):
     """Write a PNG grid: one column per volume, rows = the three orthogonal mid-slices.
 
     Args:
@@ -64,15 +64,29 @@ def slices_figure(path, volumes, titles, segs=None, index=None):
         segs: optional list (same length, entries may be ``None``) of label
             maps whose boundaries are drawn in red.
         index: voxel the slices pass through (default the centre).
+        heat: optional ``(map, title)``: one more column, a non-negative
+            ``(*spatial)`` map (e.g. uncertainty) in colour with a scale bar.
     """
     plt = _backend()
     segs = segs or [None] * len(volumes)
-    fig, axes = plt.subplots(3, len(volumes), figsize=(2.6 * len(volumes), 7.5), squeeze=False)
+    ncols = len(volumes) + (heat is not None)
+    fig, axes = plt.subplots(3, ncols, figsize=(2.6 * ncols + (0.6 if heat is not None else 0), 7.5),
+                             squeeze=False)
     for col, (vol, title, seg) in enumerate(zip(volumes, titles, segs)):
         sl = mid_slices(vol, index)
         bd = [label_boundaries(b) for b in mid_slices(seg, index)] if seg is not None else [None] * 3
         for row in range(3):
             _show(axes[row, col], sl[row], title if row == 0 else None, bd[row])
+    if heat is not None:
+        values, title = heat
+        top = float(np.percentile(values, 99.5)) or 1.0
+        for row, sl in enumerate(mid_slices(values, index)):
+            ax = axes[row, -1]
+            im = ax.imshow(sl, cmap='magma', vmin=0, vmax=top, interpolation='nearest', origin='upper')
+            ax.axis('off')
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

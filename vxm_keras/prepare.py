@@ -13,6 +13,11 @@ Each prepared subject is an ``.npz`` with ``vol`` (float32 in [0, 1]),
 
     python -m vxm_keras.prepare ../shared/data/freesurfer out_dir/
     python -m vxm_keras.prepare scan_in_mni.nii.gz out.npz --seg labels.nii.gz
+    python -m vxm_keras.prepare any_t1.nii.gz out.npz --affine       # any space: aligned to the atlas
+
+A FreeSurfer subject without ``talairach.xfm``, and any scan given with
+``--affine``, is aligned to the default atlas by :mod:`vxm_keras.affine`
+(12 degrees of freedom; this loads TensorFlow, the rest does not).
 """
 
 import argparse
@@ -85,14 +90,16 @@ def normalise(vol):
     return np.clip(vol / np.percentile(nonzero, NORM_PERCENTILE), 0, 1).astype(np.float32)
 
 
-def prepare_volume(image, seg=None, xfm=None):
+def prepare_volume(image, seg=None, xfm=None, align=False):
     """Prepare one scan (and its label map) given as file paths.
 
     Args:
         image: intensity volume (``.mgz``, ``.nii``, ``.nii.gz``).
         seg: optional label map on the same grid as ``image``.
         xfm: optional ``.xfm`` from the scanner space to MNI305; without it
-            ``image`` must already be in MNI space.
+            ``image`` must already be in MNI space, unless ``align``.
+        align: find the map to the grid by affine alignment to the default
+            atlas (:func:`vxm_keras.native.align_to`) instead.
 
     Returns:
         dict with ``vol`` (float32, :data:`TARGET_SHAPE`, [0, 1]), ``seg``
@@ -104,7 +111,10 @@ def prepare_volume(image, seg=None, xfm=None):
     if affine is None:
         raise VolumeError(f'{image}: no voxel-to-world affine (give a NIfTI or MGZ image, or an .npz '
                           "with an 'affine' key)")
-    world = np.eye(4) if xfm is None else read_xfm(xfm)
+    if align:
+        world = _aligned_world(vol, affine, image)
+    else:
+        world = np.eye(4) if xfm is None else read_xfm(xfm)
     out = {'vol': normalise(resample(vol.astype(np.float32), affine, world, order=1)),
            'affine': TARGET_AFFINE.copy()}
     if seg is not None:
@@ -115,10 +125,23 @@ def prepare_volume(image, seg=None, xfm=None):
     return out
 
 
-def prepare_freesurfer_subject(folder):
+def _aligned_world(vol, affine, name):
+    """The map from the scan's world to the grid's world found by affine alignment to the atlas."""
+    from .io import load_volfile
+    from .native import Scan, align_to
+    from .shipped import DEFAULT_ATLAS
+    atlas, atlas_affine = load_volfile(DEFAULT_ATLAS, ret_affine=True)
+    placement = align_to(Scan(np.asarray(vol, np.float32), affine, name), atlas, atlas_affine, TARGET_SHAPE,
+                         TARGET_AFFINE, reference_name='the atlas')
+    return np.linalg.inv(placement.world_map)
+
+
+def prepare_freesurfer_subject(folder, align=False):
     """Prepare a FreeSurfer subject folder holding ``brainmask.mgz``,
     ``aseg.mgz`` and ``talairach.xfm`` (directly or under ``mri/`` and
-    ``mri/transforms/``). Returns the dict of :func:`prepare_volume`."""
+    ``mri/transforms/``); without ``talairach.xfm``, or with ``align``, the
+    affine alignment of :func:`prepare_volume` replaces it. Returns the dict
+    of :func:`prepare_volume`."""
     def find(*candidates):
         for c in candidates:
             p = os.path.join(folder, c)
@@ -127,8 +150,11 @@ def prepare_freesurfer_subject(folder):
         raise FileNotFoundError(f'{folder}: no {candidates[0]} (looked for {", ".join(candidates)})')
     image = find('brainmask.mgz', 'mri/brainmask.mgz')
     seg = find('aseg.mgz', 'mri/aseg.mgz')
-    xfm = find('talairach.xfm', 'mri/transforms/talairach.xfm')
-    return prepare_volume(image, seg, xfm)
+    try:
+        xfm = None if align else find('talairach.xfm', 'mri/transforms/talairach.xfm')
+    except FileNotFoundError:
+        xfm, align = None, True
+    return prepare_volume(image, seg, xfm, align=align)
 
 
 def write_prepared(prepared, path, overwrite=False):
@@ -170,6 +196,9 @@ def main(argv=None):
                         'or a NIfTI/MGZ scan already in MNI space')
     parser.add_argument('output', help='output .npz (or .nii.gz) for one scan, or a folder for many')
     parser.add_argument('--seg', help='label map for a single MNI-space scan')
+    parser.add_argument('--affine', action='store_true',
+                        help='align each scan to the default atlas (12-dof affine) instead of trusting its header '
+                             '(scans not in MNI space) or talairach.xfm; subjects without talairach.xfm always are')
     parser.add_argument('--nifti', action='store_true', help='also write NIfTI copies next to the .npz files')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     args = parser.parse_args(argv)
@@ -196,9 +225,9 @@ def main(argv=None):
                     fail(f'{out}: inside the input subject folder {src}; write the outputs elsewhere')
         for src, dst in progress(jobs, desc='prepare'):
             if os.path.isdir(src):
-                prepared = prepare_freesurfer_subject(src)
+                prepared = prepare_freesurfer_subject(src, align=args.affine)
             else:
-                prepared = prepare_volume(src, args.seg)
+                prepared = prepare_volume(src, args.seg, align=args.affine)
             write_prepared(prepared, dst, overwrite=args.overwrite)
             if args.nifti and dst.endswith('.npz'):
                 write_prepared(prepared, dst[:-4] + '.nii.gz', overwrite=args.overwrite)

@@ -37,6 +37,7 @@ import tensorflow as tf
 from . import losses, spatial
 from .io import ModelFileError
 from .networks import RegistrationModel, load_model
+from .optim import adam_update
 
 # Defaults of the instance-specific optimisation, chosen on pairs of training subjects
 # (sub-01..06), never on the validation pairs (models/README.md): the Adam step (voxels of
@@ -219,17 +220,48 @@ class Registration:
                 disp = model.field_to_warp(field, scale=scale)
                 moved = spatial.transform(moving, disp, 'linear', indexing=indexing)
                 loss = sim(fixed, moved) + lam * smooth(field, field)
-            grad = tape.gradient(loss, field)
-            b1, b2 = 0.9, 0.999
-            m.assign(b1 * m + (1 - b1) * grad)
-            v.assign(b2 * v + (1 - b2) * grad * grad)
-            m_hat = m / (1 - b1 ** t)
-            v_hat = v / (1 - b2 ** t)
-            field.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-8))
+            adam_update(field, m, v, tape.gradient(loss, field), lr, t)
             return loss
 
         self._steps[key] = tf.function(step, autograph=False)
         return self._steps[key]
+
+    # -- uncertainty ---------------------------------------------------------------------------
+
+    def uncertainty(self, moving, fixed, samples=16, seed=0):
+        """Per-voxel uncertainty of the displacement (probabilistic models: ``vm2diff``, MICCAI 2018).
+
+        Velocities are drawn from the predicted ``N(mean, exp(log_sigma))``, each integrated to a
+        displacement; the result is the standard deviation of those displacements, the root of the
+        summed per-component variances, ``(*inshape)`` in voxels of the model grid.
+
+        Args:
+            moving, fixed: ``(*inshape)`` arrays.
+            samples: velocities drawn (16 give the map to about 20 %).
+            seed: of the draws.
+        """
+        if not hasattr(self.model, 'variance_model'):
+            raise ValueError(f'{self.model.name}: not a probabilistic model; vm2diff predicts a variance')
+        if int(samples) < 2:
+            raise ValueError(f'samples must be >= 2, got {samples}')
+        self.check(moving, 'moving')
+        self.check(fixed, 'fixed')
+        if not hasattr(self, '_variance_net'):
+            self._variance_net = self.model.variance_model()
+            self._to_warp = tf.function(lambda field: self.model.field_to_warp(field), autograph=False)
+        mean, log_sigma = self._variance_net.predict_on_batch(
+            [np.asarray(moving, np.float32)[None, ..., None], np.asarray(fixed, np.float32)[None, ..., None]])
+        rng = np.random.default_rng(seed)
+        sigma = np.exp(np.asarray(log_sigma) / 2)
+        total = total_sq = 0.0
+        for _ in range(int(samples)):
+            vel = mean + sigma * rng.standard_normal(mean.shape).astype(np.float32)
+            disp = self._to_warp(tf.constant(vel, tf.float32)).numpy()[0].astype(np.float64)
+            total = total + disp
+            total_sq = total_sq + disp * disp
+        n = float(samples)
+        variance = np.clip(total_sq / n - (total / n) ** 2, 0, None) * n / (n - 1)
+        return np.sqrt(variance.sum(axis=-1)).astype(np.float32)
 
     # -- applying a result ---------------------------------------------------------------------
 

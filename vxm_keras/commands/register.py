@@ -13,11 +13,22 @@ and skipped, and the exit code is 1 if any failed:
     python register.py --moving scans/ --out-dir moved/ [--save-warp] [--resume]
     python register.py --moving-list scans.txt --out-dir moved/
 
-Inputs must be prepared like the training data (1 mm, 160x192x224 in the
-MNI305 grid, intensities in [0, 1]; see ``python -m vxm_keras.prepare``).
+Any 3-D scan that nibabel reads works (any orientation, voxel size and field
+of view, skull-stripped like the training data): a scan that is not on the
+model's grid (1 mm, 160x192x224 in MNI305, as ``python -m vxm_keras.prepare``
+writes) is affinely aligned and resampled onto it (``--affine auto``), and
+the outputs come back on the fixed scan's own grid in one interpolation:
+
+    python register.py --moving t1.nii.gz --fixed other_t1.nii.gz --moved moved.nii.gz \\
+        --warp warp.nii.gz --warp-format itk --save-affine affine.txt
+
 Outputs take their format from the extension (.npz, .npy, .nii, .nii.gz,
-.mgz); NIfTI/MGZ outputs carry the moving image's affine. The warp is the
-displacement field ``(*spatial, ndim)`` in voxel units, ``ij`` indexing.
+.mgz). The warp is, by ``--warp-format``: ``voxel`` the network's
+displacement ``(*spatial, ndim)`` on the model grid in voxel units, ``ij``
+indexing; ``itk`` the whole transform (affine and deformation) as the
+displacement field ANTs and ITK apply (5-D NIfTI, LPS mm, on the fixed
+scan's grid: ``antsApplyTransforms -r fixed -i moving -t warp.nii.gz``);
+``ras`` the same in RAS mm (4-D).
 """
 
 import argparse
@@ -25,6 +36,8 @@ import os
 import re
 import sys
 import time
+
+import numpy as np
 
 from ..cli import check_outputs, fail, run, same_path, setup_device
 
@@ -56,6 +69,11 @@ def build_parser():
     p.add_argument('--fixed-seg', dest='fixed_seg', default=None,
                    help="label map of the fixed scan, for the figure (an .npz: its 'seg' key)")
     p.add_argument('--png', default=None, help='output: figure of moving, fixed and moved slices')
+    p.add_argument('--uncertainty', default=None,
+                   help='output: per-voxel standard deviation (mm) of the displacement, from the variance '
+                        'a probabilistic model (vm2diff) predicts; shown in the --png figure too')
+    p.add_argument('--uncertainty-samples', dest='uncertainty_samples', type=int, default=16,
+                   help='velocities drawn for --uncertainty (default 16)')
     p.add_argument('--out-dir', dest='out_dir', default=None,
                    help='batch mode: folder for <name>_moved.<ext> (and <name>_warp.<ext>) outputs')
     p.add_argument('--save-warp', dest='save_warp', action='store_true', help='batch mode: also write the warps')
@@ -70,6 +88,19 @@ def build_parser():
                    help='smoothness weight of that refinement (default 4: folding stays far below 0.5 %%)')
     p.add_argument('--cascade', type=int, default=1, metavar='K',
                    help='apply the network K times, each on the previous result, composing the fields')
+    p.add_argument('--affine', choices=('auto', 'on', 'off'), default='auto',
+                   help='affine alignment first: auto (default) for scans not on the model grid, on for every '
+                        'scan, off never (scans must then be on the grid)')
+    p.add_argument('--affine-dof', dest='affine_dof', type=int, choices=(6, 9, 12), default=12,
+                   help='degrees of freedom of that alignment (default 12)')
+    p.add_argument('--allow-poor-alignment', dest='allow_poor_alignment', action='store_true',
+                   help='register even when the aligned scan correlates poorly with the fixed scan or atlas '
+                        '(by default refused: a scan with its skull, or another contrast)')
+    p.add_argument('--warp-format', dest='warp_format', choices=('voxel', 'itk', 'ras'), default='voxel',
+                   help='--warp and --inverse-warp as: voxel (the model grid, voxel units; default), itk '
+                        '(ANTs/ITK displacement field on the fixed grid, LPS mm, affine included), ras (RAS mm)')
+    p.add_argument('--save-affine', dest='save_affine', default=None,
+                   help='output: the affine part alone as an ITK text transform (.txt), fixed to moving')
     p.add_argument('--xla', action='store_true',
                    help='compile the prediction with XLA (slower on CPUs, see bench/RESULTS.md; try it on GPUs)')
     p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
@@ -113,9 +144,13 @@ def _engine(args, fixed_path, fixed):
     from ..registration import Registration
     reg = Registration(args.model, xla=args.xla)
     try:
-        reg.check(fixed, fixed_path)
+        if args.affine == 'off' or fixed.ndim != 3:  # otherwise scans off the grid are aligned to it
+            reg.check(fixed, fixed_path)
     except ValueError as err:
         raise UserError(f'{err} (the model {args.model} was trained on that grid)') from None
+    if getattr(args, 'uncertainty', None) and not hasattr(reg.model, 'variance_model'):
+        raise UserError(f'{args.model}: this model predicts no variance; --uncertainty needs a probabilistic model '
+                        '(train.py --model vm2diff, shipped as models/vm2diff.h5)')
     if args.inverse_warp and not reg.model.diffeomorphic:
         raise UserError(f'{args.model}: this model has no inverse; a diffeomorphic model '
                         '(train.py --model vm2diff) does')
@@ -146,6 +181,38 @@ def _warn_range(name, vol):
               'models expect [0, 1] (python -m vxm_keras.prepare)', file=sys.stderr)
 
 
+def _grid(reg, fixed_path, fixed_shape):
+    """The model grid's affine and a way to read the reference that fixed scans off the grid
+    are aligned to (the default atlas)."""
+    from ..cli import UserError
+    from ..io import load_volfile
+    from ..prepare import TARGET_AFFINE, TARGET_SHAPE
+    if tuple(reg.inshape) == TARGET_SHAPE:
+        return TARGET_AFFINE, lambda: load_volfile(DEFAULT_FIXED, ret_affine=True)
+    if tuple(fixed_shape) == tuple(reg.inshape):
+        return None, None
+
+    def unknown():
+        raise UserError(f'{fixed_path}: shape {tuple(fixed_shape)}, but the model takes {tuple(reg.inshape)}, a '
+                        'grid vxm-keras cannot align scans to; give scans on that grid (--affine off)')
+    return None, unknown
+
+
+def _check_warp_format(args):
+    from ..io import volume_extension
+    paths = [p for p in (args.warp, args.inverse_warp) if p]
+    if args.warp_format == 'itk':
+        for path in paths:
+            if not path.lower().endswith(('.nii', '.nii.gz')):
+                fail(f'{path}: --warp-format itk writes NIfTI (.nii or .nii.gz)')
+    elif args.warp_format == 'ras':
+        for path in paths:
+            if volume_extension(path) not in ('.nii', '.nii.gz', '.mgz'):
+                fail(f'{path}: --warp-format ras writes NIfTI or MGZ (.nii, .nii.gz, .mgz)')
+    if args.save_affine and not args.save_affine.lower().endswith('.txt'):
+        fail(f'{args.save_affine}: --save-affine writes an ITK text transform (.txt)')
+
+
 def _single(args):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -156,10 +223,14 @@ def _single(args):
     if args.moved is None:
         stem, ext = _split_ext(args.moving)
         args.moved = stem + '_moved' + ext
-    outputs = [o for o in (args.moved, args.warp, args.inverse_warp, args.moved_seg, args.png) if o]
+    outputs = [o for o in (args.moved, args.warp, args.inverse_warp, args.moved_seg, args.save_affine,
+                           args.uncertainty, args.png) if o]
+    if args.uncertainty_samples < 2:
+        fail(f'--uncertainty-samples must be >= 2, got {args.uncertainty_samples}')
     check_outputs(outputs, _inputs(args), args.overwrite)
     if args.png and not args.png.lower().endswith(FIGURE_EXTENSIONS):
         fail(f'{args.png}: a figure needs one of the extensions {", ".join(FIGURE_EXTENSIONS)}')
+    _check_warp_format(args)
 
     t0 = time.perf_counter()
     # the inputs are read side by side (zlib and file reads release the GIL)
@@ -177,8 +248,9 @@ def _single(args):
     # the pair is checked before the model loads, so a bad input fails without waiting for TensorFlow
     if moving.ndim not in (2, 3):
         fail(f'{args.moving}: expected a 2-D or 3-D scan, got shape {moving.shape}')
-    if moving.shape != fixed.shape:
-        fail(f'{args.moving}: shape {moving.shape} differs from the fixed scan {args.fixed} {fixed.shape}')
+    if moving.shape != fixed.shape and (args.affine == 'off' or moving.ndim != 3 or fixed.ndim != 3):
+        fail(f'{args.moving}: shape {moving.shape} differs from the fixed scan {args.fixed} {fixed.shape}'
+             + (' (--affine auto aligns 3-D scans of any grid)' if args.affine == 'off' else ''))
     if moving_seg is not None and moving_seg.shape != moving.shape:
         fail(f'{args.moving_seg}: shape {moving_seg.shape} differs from the moving scan {moving.shape}')
     if fixed_seg is not None and fixed_seg.shape != fixed.shape:
@@ -188,38 +260,123 @@ def _single(args):
             fixed_seg = load_volfile(args.fixed, key='seg')
         except ValueError:
             fixed_seg = None
-    _warn_range(args.moving, moving)
-    _warn_range(args.fixed, fixed)
     reg = _engine(args, args.fixed, fixed)
-    _check_pair(reg, args.moving, moving, args.fixed, fixed)
-    t_load = time.perf_counter() - t0
+    result = _register_one(args, reg, moving, affine, fixed, fixed_affine)
+    t_load = result.t_load - t0
+    t_pred = time.perf_counter() - result.t_load
 
     t1 = time.perf_counter()
-    result = reg.register(moving, fixed, inverse=bool(args.inverse_warp), **_options(args))
-    moved, warp, inverse = result.moved, result.warp, result.inverse
-    moved_seg = reg.warp_labels(moving_seg, warp) if moving_seg is not None else None
-    t_pred = time.perf_counter() - t1
+    forward = result.forward
+    uncertainty = grid_uncertainty = None
+    if args.uncertainty:
+        grid_uncertainty = reg.uncertainty(result.moving.vol, result.fixed.vol, samples=args.uncertainty_samples)
+        uncertainty = grid_uncertainty if forward.identity else forward.sample_on_target(grid_uncertainty)
+    if moving_seg is not None:
+        moved_seg = (reg.warp_labels(moving_seg, result.grid.warp) if forward.identity
+                     else forward.resample(moving_seg, order=0))
+    else:
+        moved_seg = None
+    t_pred += time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    out_affine = affine if affine is not None else fixed_affine
-    arrays = [(args.moved, moved), (args.warp, warp), (args.inverse_warp, inverse), (args.moved_seg, moved_seg)]
-    arrays = [(path, array) for path, array in arrays if path]
+    # outputs on the fixed grid carry its affine (on the model grid, moving and fixed share it)
+    out_affine = (affine if affine is not None else fixed_affine) if forward.identity else forward.target.scan.affine
+    writers = [(args.moved, lambda tmp: save_volfile(tmp, result.moved, affine=out_affine, overwrite=True))]
+    if args.moved_seg:
+        writers.append((args.moved_seg, lambda tmp: save_volfile(tmp, moved_seg, affine=out_affine, overwrite=True)))
+    if args.uncertainty:
+        writers.append((args.uncertainty, lambda tmp: save_volfile(tmp, uncertainty, affine=out_affine, overwrite=True)))
+    for path, chain, grid_field in ((args.warp, forward, result.grid.warp),
+                                    (args.inverse_warp, result.inverse, result.grid.inverse)):
+        if path:
+            writers.append((path, _warp_writer(args.warp_format, chain, grid_field)))
+    if args.save_affine:
+        from ..native import save_itk_affine
+        writers.append((args.save_affine, lambda tmp: save_itk_affine(tmp, forward.world_affine, overwrite=True)))
     # written side by side under temporary names, renamed together: all outputs or none
-    with atomic_paths([path for path, _ in arrays] + ([args.png] if args.png else []),
+    with atomic_paths([path for path, _ in writers] + ([args.png] if args.png else []),
                       overwrite=args.overwrite) as tmps, ThreadPoolExecutor(3) as pool:
-        writes = [pool.submit(save_volfile, tmps[path], array, affine=out_affine, overwrite=True)
-                  for path, array in arrays]
+        writes = [pool.submit(write, tmps[path]) for path, write in writers]
         if args.png:
-            from ..plot import slices_figure
-            slices_figure(tmps[args.png], [moving, fixed, moved], ['moving', 'fixed', 'moved'],
-                          segs=[moving_seg, fixed_seg, moved_seg])
+            _figure(tmps[args.png], reg, result, moving_seg, fixed_seg, grid_uncertainty)
         for w in writes:
             w.result()
     t_write = time.perf_counter() - t2
+    if result.moving.alignment is not None or result.fixed.alignment is not None:
+        aligned = [p.alignment for p in (result.fixed, result.moving) if p.alignment is not None]
+        print(f'affine alignment {sum(a.seconds for a in aligned):.2f} s ({len(aligned)} scan'
+              f'{"s" if len(aligned) > 1 else ""}, {aligned[0].dof} dof)')
     print(f'load {t_load:.2f} s, predict {t_pred:.2f} s, write {t_write:.2f} s')
     for out in outputs:
         print(f'wrote {out}')
     return 0
+
+
+def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placement=None, name=None):
+    """Register one moving array (with its affine) to the fixed scan through the model grid;
+    returns :class:`vxm_keras.native.NativeResult` with ``t_load`` (when the pair was ready)."""
+    from ..cli import UserError
+    from ..native import MIN_CORRELATION, AlignmentError, Scan, on_grid, register_scans
+    name = name or args.moving
+    grid_affine, reference = _grid(reg, args.fixed, fixed.shape)
+    moving_scan = Scan(moving, affine, name)
+    fixed_scan = Scan(fixed, fixed_affine, args.fixed)
+    grid_check = grid_affine if grid_affine is not None else (fixed_affine if fixed_affine is not None else None)
+    for scan in (moving_scan, fixed_scan) if fixed_placement is None else (moving_scan,):
+        if scan.vol.shape == tuple(reg.inshape) and (scan.affine is None or grid_check is None
+                                                      or on_grid(scan, reg.inshape, grid_check)):
+            _warn_range(scan.name, scan.vol)
+    if grid_affine is None:
+        if args.affine == 'on':
+            raise UserError(f'{args.model}: --affine on needs a model on the vxm-keras grid (160x192x224); '
+                            f'this one takes {tuple(reg.inshape)}')
+        _check_pair(reg, name, moving, args.fixed, fixed)
+        grid_affine = fixed_affine if fixed_affine is not None else np.eye(len(reg.inshape) + 1)
+    needs_reference = fixed_placement is None and not (
+        fixed.shape == tuple(reg.inshape) and (fixed_affine is None or on_grid(fixed_scan, reg.inshape, grid_affine)))
+    ref = reference() if needs_reference else None
+    t_load = time.perf_counter()
+    try:
+        result = register_scans(reg, moving_scan, fixed_placement or fixed_scan, ref, grid_affine,
+                                affine=args.affine, dof=args.affine_dof, inverse=bool(args.inverse_warp),
+                                min_correlation=None if args.allow_poor_alignment else MIN_CORRELATION,
+                                **_options(args))
+    except AlignmentError as err:
+        raise UserError(f'{err}, or pass --allow-poor-alignment to register it anyway') from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    result.t_load = t_load
+    return result
+
+
+def _warp_writer(fmt, chain, grid_field):
+    """A function writing one warp output (forward or inverse) in ``fmt`` to a path."""
+    from ..io import save_volfile
+    from ..native import save_itk_warp, save_ras_warp
+    if fmt == 'voxel':
+        affine = chain.target.scan.affine if chain.identity else chain.grid_affine
+        return lambda tmp: save_volfile(tmp, grid_field, affine=affine, overwrite=True)
+    if fmt == 'itk':
+        return lambda tmp: save_itk_warp(tmp, chain.displacement_mm(lps=True), chain.target.scan.affine,
+                                         overwrite=True)
+    return lambda tmp: save_ras_warp(tmp, chain.displacement_mm(lps=False), chain.target.scan.affine, overwrite=True)
+
+
+def _figure(path, reg, result, moving_seg, fixed_seg, uncertainty=None):
+    """Slices of moving, fixed and moved on the model grid, with label outlines when given (and the
+    uncertainty map in colour)."""
+    from ..native import sample
+    from ..plot import slices_figure
+    forward, shape = result.forward, tuple(reg.inshape)
+    if forward.identity:
+        segs = [moving_seg, fixed_seg, None if moving_seg is None else reg.warp_labels(moving_seg, result.grid.warp)]
+    else:
+        grid_moving_seg = None if moving_seg is None else sample(moving_seg, forward.post, shape, order=0)
+        grid_fixed_seg = None if fixed_seg is None else sample(fixed_seg, np.linalg.inv(forward.pre), shape, order=0)
+        segs = [grid_moving_seg, grid_fixed_seg,
+                None if grid_moving_seg is None else reg.warp_labels(grid_moving_seg, result.grid.warp)]
+    slices_figure(path, [result.moving.vol, result.fixed.vol, result.grid.moved], ['moving', 'fixed', 'moved'],
+                  segs=segs, heat=None if uncertainty is None else (uncertainty, 'uncertainty (mm)'))
 
 
 def _batch_inputs(args):
@@ -249,11 +406,12 @@ def _batch(args):
     """Register many scans: a reader thread loads ahead, a writer thread saves behind."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..io import load_volfile, save_volfile
+    from ..cli import UserError
+    from ..io import atomic_path, load_volfile, save_volfile
 
     if args.out_dir is None:
         fail('batch mode (a folder or --moving-list) needs --out-dir')
-    for opt in ('moved', 'warp', 'inverse_warp', 'moving_seg', 'moved_seg', 'png'):
+    for opt in ('moved', 'warp', 'inverse_warp', 'moving_seg', 'moved_seg', 'png', 'save_affine', 'uncertainty'):
         if getattr(args, opt):
             fail(f'--{opt.replace("_", "-")} is for a single scan; batch mode writes into --out-dir')
     parent = os.path.dirname(os.path.abspath(args.out_dir))
@@ -310,24 +468,23 @@ def _batch(args):
     failed = []
     t0 = time.perf_counter()
     fixed, fixed_affine = load_volfile(args.fixed, ret_affine=True, check_finite=True)
-    _warn_range(args.fixed, fixed)
     reg = _engine(args, args.fixed, fixed)
+    fixed_placement = None
 
     def read(path):
-        from ..cli import UserError
         vol, affine = load_volfile(path, ret_affine=True, check_finite=True)
-        try:
-            _check_pair(reg, path, vol, args.fixed, fixed)
-        except UserError as err:
-            raise ValueError(str(err)) from None
-        _warn_range(path, vol)
+        if vol.ndim != fixed.ndim or (vol.shape != fixed.shape and (args.affine == 'off' or vol.ndim != 3)):
+            raise ValueError(f'{path}: shape {vol.shape} differs from the fixed scan {args.fixed} {fixed.shape}')
         return vol, affine
 
-    def write(outs, moved, warp, affine):
-        affine = affine if affine is not None else fixed_affine
-        save_volfile(outs[0], moved, affine=affine, overwrite=True)
+    def write(outs, result, affine):
+        forward = result.forward
+        affine = ((affine if affine is not None else fixed_affine) if forward.identity
+                  else forward.target.scan.affine)
+        save_volfile(outs[0], result.moved, affine=affine, overwrite=True)
         if len(outs) > 1:
-            save_volfile(outs[1], warp, affine=affine, overwrite=True)
+            with atomic_path(outs[1]) as tmp:
+                _warp_writer(args.warp_format, forward, result.grid.warp)(tmp)
 
     import keras
     bar = keras.utils.Progbar(len(jobs), unit_name='scan')
@@ -339,10 +496,10 @@ def _batch(args):
                 pending_reads.append(reader.submit(read, jobs[n + 2][0]))
             try:
                 vol, affine = pending_reads[n].result()
-                result = reg.register(vol, fixed, **_options(args))
-                moved, warp = result.moved, result.warp
-                pending_writes.append((path, writer.submit(write, outs, moved, warp, affine)))
-            except (ValueError, OSError) as err:
+                result = _register_one(args, reg, vol, affine, fixed, fixed_affine, fixed_placement, name=path)
+                fixed_placement = result.fixed  # the fixed scan is aligned once
+                pending_writes.append((path, writer.submit(write, outs, result, affine)))
+            except (ValueError, OSError, UserError) as err:
                 failed.append(path)
                 print(f'\nerror: {err}', file=sys.stderr)
             bar.update(n + 1)

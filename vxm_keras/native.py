@@ -1,0 +1,382 @@
+"""Scans in their own space: onto the model's grid, and results back to the scans' grids.
+
+The networks register scans on one grid (:data:`vxm_keras.prepare.TARGET_SHAPE`
+in MNI305 at 1 mm, the *model grid*). A scan straight from a scanner or BIDS
+has any orientation, voxel size and field of view. Each scan is therefore
+*placed* on the model grid by a world map ``W`` (4x4, mm): the model grid's
+world point ``g`` lies at ``W g`` in the scan's world. The fixed scan's ``W``
+comes from an affine alignment to the default atlas (or is the identity when
+the fixed scan is on the grid already), the moving scan's from its affine
+alignment to the fixed scan, composed with the fixed scan's.
+
+Results go back to the scans' own grids in one interpolation: for a voxel
+``x`` of the fixed scan the chain
+
+    x -> fixed world A_f x -> model grid voxel p -> p + u(p) -> moving world -> moving voxel
+
+gives the point of the moving scan to sample (``u``: the network's
+displacement on the model grid, voxel units). The same chain in millimetres
+is the transform other tools apply: :func:`save_itk_warp` writes it as the
+displacement field ANTs and ITK read (5-D NIfTI, vector intent, LPS mm, on
+the fixed scan's grid), :func:`save_itk_affine` the affine part alone as an
+ITK text transform.
+
+Conventions: affines are 4x4 voxel-to-world (RAS mm) matrices as nibabel
+gives them; world maps and transforms map *fixed* points to *moving* points
+(the direction of resampling); displacements on the model grid are in voxel
+units, ``ij`` indexing; ITK files are in LPS millimetres.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from . import affine as affine_mod
+from . import spatial
+
+# LPS <-> RAS: the sign of the first two world axes
+_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+# slices of the output grid resampled at a time: bounds the memory of a 0.5 mm scan
+SLAB = 32
+# at most this far (mm) from the grid's affine a scan still counts as on the grid
+GRID_TOLERANCE = 1e-3
+# skull-stripped T1 brains reach a correlation of 0.95-0.96 with the atlas after alignment
+# (Colin27 ch2bet, FreeSurfer brainmasks); the same head with its skull 0.57 (models/README.md)
+MIN_CORRELATION = 0.8
+
+
+class AlignmentError(ValueError):
+    """An affine alignment too poor to register from (a scan with skull, another contrast)."""
+
+
+@dataclasses.dataclass
+class Scan:
+    """A scan as read: ``vol`` ``(*spatial)``, ``affine`` 4x4 voxel-to-world, ``name`` for messages."""
+    vol: np.ndarray
+    affine: np.ndarray
+    name: str = 'scan'
+
+
+@dataclasses.dataclass
+class Placement:
+    """A scan on the model grid: ``vol`` ``(*grid_shape)`` float32 in [0, 1]; ``world_map`` 4x4
+    from the grid's world to the scan's world; ``alignment`` the
+    :class:`~vxm_keras.affine.AffineResult` that found it (``None``: the scan was on the grid)."""
+    scan: Scan
+    vol: np.ndarray
+    world_map: np.ndarray
+    alignment: object = None
+
+
+def on_grid(scan, grid_shape, grid_affine):
+    """Whether ``scan`` is already on the grid (its shape, and its affine unless it has none)."""
+    if tuple(scan.vol.shape) != tuple(grid_shape):
+        return False
+    return scan.affine is None or np.allclose(scan.affine, grid_affine, atol=GRID_TOLERANCE)
+
+
+def place(scan, grid_shape, grid_affine, world_map=np.eye(4), normalise=True):
+    """Resample ``scan`` onto the grid through ``world_map`` (trilinear, zero outside the scan).
+
+    Returns:
+        :class:`Placement`; intensities scaled to [0, 1] by the 99.5th percentile of the
+        positive voxels when ``normalise``.
+    """
+    world_map = np.asarray(world_map, np.float64)
+    grid_to_scan = np.linalg.inv(scan.affine) @ world_map @ np.asarray(grid_affine, np.float64)
+    vol = sample(scan.vol, grid_to_scan, grid_shape, order=1)
+    if normalise:
+        vol = affine_mod.robust_scale(vol)
+    return Placement(scan=scan, vol=vol, world_map=world_map)
+
+
+def _as_is(scan, grid_affine):
+    """The placement of a scan already on the grid (a file without an affine gets the grid's)."""
+    if scan.affine is None:
+        scan = dataclasses.replace(scan, affine=np.asarray(grid_affine, np.float64))
+    return Placement(scan=scan, vol=np.asarray(scan.vol, np.float32), world_map=np.eye(4))
+
+
+def align_to(scan, reference, reference_affine, grid_shape, grid_affine, reference_map=np.eye(4), dof=12,
+             init='moments', min_correlation=MIN_CORRELATION, reference_name='the reference'):
+    """Affinely align ``scan`` to ``reference`` (its own grid and affine; ``reference_map`` its
+    placement's world map) and place it on the model grid.
+
+    Returns:
+        :class:`Placement` with ``alignment`` set.
+
+    Raises:
+        AlignmentError: the aligned scan correlates less than ``min_correlation`` with the
+            reference (``None``: no check).
+    """
+    if scan.affine is None:
+        raise ValueError(f'{scan.name}: not on the model grid {tuple(grid_shape)} and without a voxel-to-world '
+                         'affine to align it by (give a NIfTI or MGZ file, or an .npz with an affine key)')
+    if scan.vol.ndim != 3:
+        raise ValueError(f'{scan.name}: a {scan.vol.ndim}-D array of shape {scan.vol.shape}; only 3-D scans '
+                         'are aligned')
+    found = affine_mod.align(scan.vol, scan.affine, reference, reference_affine, dof=dof, init=init)
+    if min_correlation is not None and -found.loss < min_correlation:
+        raise AlignmentError(
+            f'{scan.name}: after affine alignment it correlates only {-found.loss:.2f} with {reference_name} '
+            f'(skull-stripped T1 brains reach about 0.95): a scan with its skull, or of another contrast? The '
+            'models were trained on skull-stripped T1 brains: strip the skull first (e.g. mri_synthstrip, FSL '
+            'bet)')
+    placement = place(scan, grid_shape, grid_affine, found.matrix @ np.asarray(reference_map, np.float64))
+    placement.alignment = found
+    return placement
+
+
+def _slab_points(shape, start, stop):
+    """Voxel indices ``(stop - start, *shape[1:], 3)`` of slices ``start:stop`` along axis 0."""
+    axes = [np.arange(start, stop, dtype=np.float32)] + [np.arange(n, dtype=np.float32) for n in shape[1:]]
+    return np.stack(np.meshgrid(*axes, indexing='ij'), -1)
+
+
+def _apply(mat, points):
+    mat = tf.constant(np.asarray(mat, np.float64), tf.float32)
+    return tf.linalg.matvec(mat[:3, :3], points) + mat[:3, 3]
+
+
+def map_points(points, pre, post, disp=None):
+    """Source voxel coordinates of target voxels through the model grid.
+
+    Args:
+        points: ``(..., 3)`` target voxel indices.
+        pre: 4x4 target voxel -> model grid voxel.
+        post: 4x4 model grid voxel -> source voxel.
+        disp: ``(*grid_shape, 3)`` displacement on the model grid (voxel units, ``ij``),
+            sampled trilinearly (edge values beyond the grid); ``None`` for the affine alone.
+
+    Returns:
+        ``(..., 3)`` float32 tensor.
+    """
+    p = _apply(pre, tf.constant(points, tf.float32))
+    if disp is not None:
+        disp = tf.convert_to_tensor(disp, tf.float32)
+        if np.allclose(pre, np.eye(4)) and tuple(points.shape[1:-1]) == tuple(disp.shape[1:-1]):
+            # the target is the model grid itself: its voxels are the field's samples
+            start = int(points[0, 0, 0, 0])
+            p = p + disp[start:start + points.shape[0]]
+        else:
+            p = p + spatial.interpn(disp[None], p[None], 'linear')[0]
+    return _apply(post, p)
+
+
+def sample(vol, target_to_source, target_shape, order=1, disp=None, post=None):
+    """Resample ``vol`` ``(*spatial)`` on a target grid, one slab of slices at a time.
+
+    Without ``disp``, ``target_to_source`` is the 4x4 target voxel -> source voxel map; with it,
+    ``target_to_source`` is the map to the model grid (``pre`` of :func:`map_points`) and
+    ``post`` the map from the grid to the source. ``order`` 1 (trilinear, float32) or 0
+    (nearest, labels keep their dtype). Zero outside the source.
+    """
+    source = tf.constant(np.asarray(vol, np.float32)[None, ..., None])
+    out = np.zeros(tuple(target_shape), np.float32 if order else np.asarray(vol).dtype)
+    method = 'linear' if order else 'nearest'
+    for start in range(0, target_shape[0], SLAB):
+        stop = min(start + SLAB, target_shape[0])
+        points = _slab_points(target_shape, start, stop)
+        if disp is None:
+            coords = _apply(target_to_source, tf.constant(points))
+        else:
+            coords = map_points(points, target_to_source, post, disp)
+        values = spatial.interpn(source, coords[None], method, fill_value=0.0)[0, ..., 0].numpy()
+        out[start:stop] = values if order else np.rint(values).astype(out.dtype)
+    return out
+
+
+@dataclasses.dataclass
+class Chain:
+    """The map from a target scan's voxels to a source scan's voxels through the model grid:
+    ``target`` and ``source`` :class:`Placement`\\ s, ``grid_affine`` the model grid's affine,
+    ``disp`` the displacement on the model grid (``None``: the affine part alone)."""
+    target: Placement
+    source: Placement
+    grid_affine: np.ndarray
+    disp: np.ndarray = None
+
+    @property
+    def identity(self):
+        """Both scans on the model grid, unmoved: the chain is the displacement alone."""
+        return (self.target.alignment is None and self.source.alignment is None
+                and np.allclose(self.pre, np.eye(4)) and np.allclose(self.post, np.eye(4)))
+
+    @property
+    def pre(self):
+        """target voxel -> model grid voxel"""
+        return np.linalg.inv(self.grid_affine) @ np.linalg.inv(self.target.world_map) @ self.target.scan.affine
+
+    @property
+    def post(self):
+        """model grid voxel -> source voxel"""
+        return np.linalg.inv(self.source.scan.affine) @ self.source.world_map @ self.grid_affine
+
+    @property
+    def world_affine(self):
+        """4x4 RAS map target world -> source world of the affine part."""
+        return self.source.world_map @ np.linalg.inv(self.target.world_map)
+
+    def resample(self, vol=None, order=1):
+        """The source scan (or ``vol`` on its grid) on the target scan's grid."""
+        vol = self.source.scan.vol if vol is None else vol
+        shape = self.target.scan.vol.shape
+        if self.disp is None:
+            return sample(vol, self.post @ self.pre, shape, order)
+        return sample(vol, self.pre, shape, order, disp=self.disp, post=self.post)
+
+    def sample_on_target(self, grid_map, order=1):
+        """A map on the model grid ``(*grid_shape)`` (e.g. uncertainty) on the target scan's grid."""
+        return sample(grid_map, self.pre, self.target.scan.vol.shape, order)
+
+    def displacement_mm(self, lps=True):
+        """``(*target_shape, 3)`` displacement in mm on the target grid: target world point
+        ``x`` maps to ``x + d(x)`` in the source world (LPS components, ITK's convention, or RAS)."""
+        shape = self.target.scan.vol.shape
+        out = np.zeros((*shape, 3), np.float32)
+        target_affine = self.target.scan.affine
+        for start in range(0, shape[0], SLAB):
+            stop = min(start + SLAB, shape[0])
+            points = _slab_points(shape, start, stop)
+            src = map_points(points, self.pre, self.post, self.disp)
+            out[start:stop] = (_apply(self.source.scan.affine, src) - _apply(target_affine, points)).numpy()
+        if lps:
+            out[..., :2] *= -1
+        return out
+
+
+def save_itk_warp(path, displacement_lps, target_affine, overwrite=False):
+    """Write an ANTs/ITK displacement field: 5-D NIfTI ``(*spatial, 1, 3)``, intent vector,
+    LPS millimetre components, the target grid's affine (what ``antsApplyTransforms -t``
+    and ``ants.apply_transforms`` read)."""
+    import nibabel as nib
+
+    from .io import atomic_path
+    data = np.asarray(displacement_lps, np.float32)[:, :, :, None, :]
+    img = nib.Nifti1Image(data, np.asarray(target_affine, np.float64))
+    img.header.set_intent('vector')
+    img.header.set_xyzt_units('mm')
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        nib.save(img, tmp)
+
+
+def load_itk_warp(path):
+    """Read a displacement field written by :func:`save_itk_warp` (or by ANTs): returns
+    ``(displacement_lps (*spatial, 3), affine)``."""
+    import nibabel as nib
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, np.float32)
+    if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] != 3:
+        raise ValueError(f'{path}: not an ITK displacement field (shape {data.shape}, expected (X, Y, Z, 1, 3))')
+    return data[:, :, :, 0, :], np.asarray(img.affine, np.float64)
+
+
+def save_ras_warp(path, displacement_ras, target_affine, overwrite=False):
+    """Write a displacement field in RAS millimetres: 4-D NIfTI/MGZ ``(*spatial, 3)`` on the
+    target grid (the world convention of FreeSurfer and nibabel)."""
+    from .io import save_volfile
+    save_volfile(path, np.asarray(displacement_ras, np.float32), affine=target_affine, overwrite=overwrite)
+
+
+def save_itk_affine(path, world_affine_ras, overwrite=False):
+    """Write the affine part as an ITK text transform (``#Insight Transform File V1.0``,
+    ``AffineTransform_double_3_3``, LPS, fixed to moving points), which ANTs, ITK and Slicer read."""
+    from .io import atomic_path
+    lps = _FLIP @ np.asarray(world_affine_ras, np.float64) @ _FLIP
+    params = list(lps[:3, :3].ravel()) + list(lps[:3, 3])
+    text = ('#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n'
+            f'Parameters: {" ".join(repr(float(p)) for p in params)}\nFixedParameters: 0 0 0\n')
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+
+def load_itk_affine(path):
+    """Read an ITK text affine transform (as :func:`save_itk_affine` writes): returns the 4x4 RAS
+    map from fixed to moving world points (a centre in ``FixedParameters`` is folded in)."""
+    params = fixed = None
+    with open(path) as f:
+        for line in f:
+            if line.startswith('Parameters:'):
+                params = np.array(line.split(':', 1)[1].split(), np.float64)
+            elif line.startswith('FixedParameters:'):
+                fixed = np.array(line.split(':', 1)[1].split(), np.float64)
+    if params is None or params.size != 12:
+        raise ValueError(f'{path}: not a 3-D ITK affine transform (no 12 Parameters)')
+    centre = np.zeros(3) if fixed is None else fixed
+    lin, trans = params[:9].reshape(3, 3), params[9:]
+    lps = np.eye(4)
+    lps[:3, :3] = lin
+    lps[:3, 3] = trans + centre - lin @ centre
+    return _FLIP @ lps @ _FLIP
+
+
+@dataclasses.dataclass
+class NativeResult:
+    """A registration of two scans in their own spaces: ``moved`` the moving scan on the fixed
+    scan's grid (its own intensities); ``fixed`` and ``moving`` their :class:`Placement`\ s;
+    ``grid`` the :class:`~vxm_keras.registration.Result` on the model grid; ``forward`` the
+    :class:`Chain` fixed voxels -> moving voxels, ``inverse`` moving -> fixed (diffeomorphic
+    models, when asked for)."""
+    moved: np.ndarray
+    fixed: Placement
+    moving: Placement
+    grid: object
+    forward: Chain
+    inverse: Chain = None
+
+
+def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto', dof=12, inverse=False,
+                   min_correlation=MIN_CORRELATION, **options):
+    """Register two scans of any grid through the model grid.
+
+    Args:
+        engine: a :class:`~vxm_keras.registration.Registration`.
+        moving: :class:`Scan` (3-D, any shape, orientation and voxel size).
+        fixed: :class:`Scan`, or its :class:`Placement` from :func:`place_fixed` (batches).
+        reference: ``(vol, affine)`` on the model grid that a fixed scan off the grid is aligned
+            to (the default atlas).
+        grid_affine: 4x4 voxel-to-world matrix of the model grid.
+        affine: ``'auto'`` (align the scans that are not on the model grid), ``'on'`` (always
+            align the moving scan to the fixed scan) or ``'off'`` (both must be on the grid).
+        dof: degrees of freedom of the alignment (6, 9, 12).
+        inverse: also build the inverse chain (diffeomorphic models).
+        min_correlation: refuse alignments below this correlation (:func:`align_to`).
+        options: passed to :meth:`Registration.register` (``optimize``, ``cascade``, ...).
+
+    Returns:
+        :class:`NativeResult`.
+    """
+    shape = engine.inshape
+    fixed_p = (fixed if isinstance(fixed, Placement)
+               else place_fixed(fixed, shape, grid_affine, reference, affine, dof, min_correlation))
+    fixed = fixed_p.scan
+    if affine == 'auto' and on_grid(moving, shape, grid_affine) and fixed_p.alignment is None:
+        moving_p = _as_is(moving, grid_affine)
+    elif affine == 'off':
+        if not on_grid(moving, shape, grid_affine):
+            raise ValueError(f'{moving.name}: shape {moving.vol.shape} is not the model grid {shape} '
+                             '(--affine off)')
+        moving_p = _as_is(moving, grid_affine)
+    else:
+        moving_p = align_to(moving, fixed.vol, fixed.affine, shape, grid_affine, reference_map=fixed_p.world_map,
+                            dof=dof, min_correlation=min_correlation, reference_name=f'the fixed scan {fixed.name}')
+    grid = engine.register(moving_p.vol, fixed_p.vol, inverse=inverse, **options)
+    forward = Chain(fixed_p, moving_p, grid_affine, grid.warp)
+    backward = Chain(moving_p, fixed_p, grid_affine, grid.inverse) if inverse else None
+    # both scans on the grid: the network's own result, as without this module
+    moved = grid.moved if forward.identity else forward.resample()
+    return NativeResult(moved=moved, fixed=fixed_p, moving=moving_p, grid=grid, forward=forward, inverse=backward)
+
+
+def place_fixed(fixed, grid_shape, grid_affine, reference, affine='auto', dof=12, min_correlation=MIN_CORRELATION):
+    """The fixed scan's :class:`Placement`: as it is when on the grid, else aligned to
+    ``reference`` (``(vol, affine)`` on the grid); ``affine='off'`` refuses a scan off the grid."""
+    if on_grid(fixed, grid_shape, grid_affine):
+        return _as_is(fixed, grid_affine)
+    if affine == 'off':
+        raise ValueError(f'{fixed.name}: shape {fixed.vol.shape} is not the model grid {tuple(grid_shape)} '
+                         '(--affine off)')
+    return align_to(fixed, reference[0], reference[1], grid_shape, grid_affine, dof=dof,
+                    min_correlation=min_correlation, reference_name='the atlas')
