@@ -14,10 +14,10 @@ import sys
 
 __version__ = '0.1.0'
 
-_LAZY = {'load_model': 'networks', 'save_model': 'networks', 'vm1': 'networks', 'vm2': 'networks',
+_LAZY = {'load_model': 'modelio', 'save_model': 'modelio', 'vm1': 'networks', 'vm2': 'networks',
          'vm2diff': 'networks', 'vxm_net': 'networks', 'register': 'registration',
          'Registration': 'registration'}
-_SUBMODULES = ('layers', 'losses', 'networks')
+_SUBMODULES = ('layers', 'losses', 'networks', 'modelio', 'unet', 'affine', 'native', 'registration')
 
 # commands that need no TensorFlow at all (python -m vxm_keras.prepare) do not load it
 _ARGV = getattr(sys, 'orig_argv', [])

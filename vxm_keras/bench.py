@@ -277,8 +277,6 @@ def _shipped_scans(shape):
 
 def _registration_rows(tmp, shape, models, repeats, batch_scans, xla=True):
     """Forward, training step and register.py end to end for each model at one size."""
-    import numpy as np
-
     import vxm_keras
     from vxm_keras.io import save_volfile
     tag = 'x'.join(map(str, shape))

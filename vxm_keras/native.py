@@ -360,8 +360,10 @@ def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto',
                              '(--affine off)')
         moving_p = _as_is(moving, grid_affine)
     else:
-        moving_p = align_to(moving, fixed.vol, fixed.affine, shape, grid_affine, reference_map=fixed_p.world_map,
-                            dof=dof, min_correlation=min_correlation, reference_name=f'the fixed scan {fixed.name}')
+        # aligned to the fixed scan as placed on the grid: the grid's world is the reference's world,
+        # and the grid is smaller than most raw scans (256^3 with a wide background)
+        moving_p = align_to(moving, fixed_p.vol, grid_affine, shape, grid_affine, dof=dof,
+                            min_correlation=min_correlation, reference_name=f'the fixed scan {fixed.name}')
     grid = engine.register(moving_p.vol, fixed_p.vol, inverse=inverse, **options)
     forward = Chain(fixed_p, moving_p, grid_affine, grid.warp)
     backward = Chain(moving_p, fixed_p, grid_affine, grid.inverse) if inverse else None

@@ -9,16 +9,14 @@ units with ``ij`` indexing. With ``int_steps > 0`` (diffeomorphic variant)
 the displacement itself comes from :meth:`VxmDense.warp_model`.
 """
 
-import json
-import os
-
-import h5py
 import keras
 import numpy as np
 
-from .io import ModelFileError, atomic_path
 from .layers import (LearnedTemplate, MeanStream, OneHot, RescaleTransform, SampleNormal, SpatialTransformer,
-                     Subsample, UpsampleConcatConv, VecInt)
+                     Subsample, VecInt)
+
+from .modelio import count_params, load_model, save_model, transfer_weights  # noqa: F401  (their old home)
+from .unet import _conv, _upsample, check_inshape, conv_block, unet_core, up_block  # noqa: F401
 
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
 
@@ -26,88 +24,6 @@ VM1_ENC = (16, 32, 32, 32)
 VM1_DEC = (32, 32, 32, 32, 8, 8)
 VM2_ENC = (16, 32, 32, 32)
 VM2_DEC = (32, 32, 32, 32, 32, 16, 16)
-
-# the architecture record stored in .weights.h5 files written by save_model
-_CONFIG_ATTR = 'vxm_keras_model'
-
-
-def _conv(ndim):
-    return {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[ndim]
-
-
-def _upsample(ndim):
-    return {1: keras.layers.UpSampling1D, 2: keras.layers.UpSampling2D, 3: keras.layers.UpSampling3D}[ndim]
-
-
-def conv_block(x, nf, strides=1, name=None):
-    """3x3(x3) 'same' convolution, he_normal init, LeakyReLU(0.2).
-
-    ``x`` is ``(batch, *spatial, channels)``; returns
-    ``(batch, *spatial / strides, nf)``.
-    """
-    ndim = len(x.shape) - 2
-    x = _conv(ndim)(nf, kernel_size=3, padding='same', strides=strides,
-                    kernel_initializer='he_normal', name=None if name is None else name + '_conv')(x)
-    return keras.layers.LeakyReLU(negative_slope=0.2, name=None if name is None else name + '_act')(x)
-
-
-def up_block(low, skip, nf, name=None):
-    """Nearest 2x upsampling of ``low``, concatenation with ``skip``, then a 3x3(x3) conv
-    block: ``(batch, *spatial / 2, c)``, ``(batch, *spatial, c_skip)`` -> ``(batch, *spatial, nf)``.
-
-    One :class:`~vxm_keras.layers.UpsampleConcatConv` (same weights as the
-    upsample / concatenate / convolve layers of the original, far less memory
-    and arithmetic), then LeakyReLU(0.2).
-    """
-    y = UpsampleConcatConv(nf, kernel_initializer='he_normal',
-                           name=None if name is None else name + '_conv')([low, skip])
-    return keras.layers.LeakyReLU(negative_slope=0.2, name=None if name is None else name + '_act')(y)
-
-
-def check_inshape(inshape, levels=4):
-    """Raise ``ValueError`` unless every spatial size is a positive multiple of ``2**levels``."""
-    inshape = tuple(int(n) for n in inshape)
-    if len(inshape) not in (2, 3):
-        raise ValueError(f'inshape must have 2 or 3 spatial dimensions, got {inshape}')
-    factor = 2 ** levels
-    bad = [n for n in inshape if n <= 0 or n % factor]
-    if bad:
-        raise ValueError(f'input shape {inshape} is not divisible by {factor}: the U-Net halves the '
-                         f'grid {levels} times, so every size must be a multiple of {factor} '
-                         f'(pad or crop the volumes, e.g. to 160x192x224)')
-    return inshape
-
-
-def unet_core(x, enc_nf, dec_nf, full_size=True):
-    """The VoxelMorph U-Net on a Keras tensor ``x`` ``(batch, *spatial, channels)``.
-
-    Encoder: ``enc_nf`` (4 entries) stride-2 conv blocks, down to 1/16.
-    Decoder: ``dec_nf[0]`` at 1/16, upsample + skip, ``dec_nf[1]`` at 1/8,
-    upsample + skip, ``dec_nf[2]`` at 1/4, upsample + skip, ``dec_nf[3]`` and
-    ``dec_nf[4]`` at 1/2, upsample + concat with ``x``, ``dec_nf[5]`` at full
-    size, and ``dec_nf[6]`` when given (VM-2). Returns the last feature map
-    ``(batch, *spatial, dec_nf[-1])``. With ``full_size=False`` (the
-    probabilistic model) the decoder stops at 1/2 after ``dec_nf[4]``
-    (``dec_nf`` has 5 entries) and returns ``(batch, *spatial / 2, dec_nf[4])``.
-    """
-    enc_nf, dec_nf = list(enc_nf), list(dec_nf)
-    sizes = (6, 7) if full_size else (5,)
-    if len(enc_nf) != 4 or len(dec_nf) not in sizes:
-        raise ValueError(f'enc_nf needs 4 entries and dec_nf {" or ".join(map(str, sizes))}, '
-                         f'got {enc_nf} and {dec_nf}')
-    enc = [x]
-    for i, nf in enumerate(enc_nf):
-        enc.append(conv_block(enc[-1], nf, strides=2, name=f'enc_{i}'))
-    y = conv_block(enc[-1], dec_nf[0], name='dec_0')
-    for i, skip in zip((1, 2, 3), (enc[3], enc[2], enc[1])):
-        y = up_block(y, skip, dec_nf[i], name=f'dec_{i}')
-    y = conv_block(y, dec_nf[4], name='dec_4')
-    if not full_size:
-        return y
-    y = up_block(y, enc[0], dec_nf[5], name='dec_5')
-    if len(dec_nf) == 7:
-        y = conv_block(y, dec_nf[6], name='dec_6')
-    return y
 
 
 def _pair_inputs(inshape, unet_downsize):
@@ -500,90 +416,3 @@ def nn_transformer(inshape, indexing='ij'):
     warp = keras.Input(shape=(*inshape, len(inshape)), name='warp')
     out = SpatialTransformer(interp_method='nearest', indexing=indexing, name='nn_transformer')([labels, warp])
     return keras.Model([labels, warp], out, name='nn_transformer')
-
-
-def save_model(model, path, overwrite=False):
-    """Save ``model`` atomically (temporary file in the same folder, then rename).
-
-    ``path`` ending in ``.weights.h5`` saves weights only, plus a record of
-    the architecture so :func:`load_model` can rebuild it; ``.h5`` (legacy
-    HDF5) and ``.keras`` save the full model. Existing files are replaced only
-    with ``overwrite=True``.
-    """
-    path = os.fspath(path)
-    if not path.endswith(('.h5', '.keras')):
-        raise ValueError(f'{path}: model files must end in .h5, .weights.h5 or .keras')
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        if path.endswith('.weights.h5'):
-            model.save_weights(tmp)
-            record = {'class_name': keras.saving.get_registered_name(type(model)),
-                      'config': model.get_config()}
-            with h5py.File(tmp, 'a') as f:
-                f.attrs[_CONFIG_ATTR] = json.dumps(record)
-        else:
-            model.save(tmp)
-
-
-def load_model(path, compile=False):
-    """Load a vxm_keras model from ``.h5``, ``.keras`` or ``.weights.h5``.
-
-    No custom objects are needed. ``.weights.h5`` files must come from
-    :func:`save_model` (they carry the architecture); for other weight files
-    build the network yourself and call ``model.load_weights``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ModelFileError: (a ``ValueError``) the file is not a readable vxm_keras model.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path}: model file not found')
-    try:
-        if path.endswith('.weights.h5'):
-            with h5py.File(path, 'r') as f:
-                record = f.attrs.get(_CONFIG_ATTR)
-            if record is None:
-                raise ValueError('weights file without the vxm_keras architecture record; build the '
-                                 'network (e.g. vxm_keras.networks.vm2(inshape)) and call load_weights')
-            record = json.loads(record)
-            cls = keras.saving.get_registered_object(record['class_name'])
-            if cls is None:
-                raise ValueError(f"unknown model class {record['class_name']!r}")
-            model = cls.from_config(record['config'])
-            model.load_weights(path)
-            return model
-        if not path.endswith(('.h5', '.keras')):
-            raise ValueError('model files must end in .h5, .weights.h5 or .keras')
-        return keras.models.load_model(path, compile=compile)
-    except (OSError, KeyError, TypeError, ValueError) as err:
-        raise ModelFileError(f'{path}: cannot be loaded as a vxm_keras model: {err}') from err
-
-
-def transfer_weights(source, target):
-    """Copy into ``target`` the weights of every layer of ``source`` with the same name
-    and the same weight shapes (e.g. the encoder and first decoder levels of a trained
-    VM-2 into a new ``vm2diff``, whose U-Net names its layers the same way).
-
-    Returns ``(copied, skipped)``: names of the layers copied, and of the layers of
-    ``target`` that have weights but got none (no such layer in ``source``, or
-    other shapes). Both models must be built.
-    """
-    by_name = {layer.name: layer for layer in source.layers}
-    copied, skipped = [], []
-    for layer in target.layers:
-        weights = layer.get_weights()
-        if not weights:
-            continue
-        src = by_name.get(layer.name)
-        src_weights = src.get_weights() if src is not None else []
-        if len(src_weights) == len(weights) and all(a.shape == b.shape for a, b in zip(src_weights, weights)):
-            layer.set_weights(src_weights)
-            copied.append(layer.name)
-        else:
-            skipped.append(layer.name)
-    return copied, skipped
-
-
-def count_params(model):
-    """Number of trainable parameters."""
-    return int(sum(np.prod(w.shape) for w in model.trainable_weights))

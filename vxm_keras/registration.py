@@ -30,13 +30,13 @@ import dataclasses
 import os
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from . import losses, spatial
 from .io import ModelFileError
-from .networks import RegistrationModel, load_model
+from .modelio import load_model
+from .networks import RegistrationModel
 from .optim import adam_update
 
 # Defaults of the instance-specific optimisation, chosen on pairs of training subjects

@@ -95,7 +95,7 @@ def main(argv=None):
         start_tensorflow()
         import numpy as np
 
-        from .. import networks
+        from .. import modelio, networks
         from ..generators import list_volumes
         from ..io import load_volfile
         from ..metrics import PAPER_LABELS, folding_fraction
@@ -108,7 +108,7 @@ def main(argv=None):
             if seg.shape != vol.shape:
                 fail(f'{f}: seg shape {seg.shape} differs from vol {vol.shape}')
             scans.append((os.path.splitext(os.path.basename(f))[0], vol.astype(np.float32), seg.astype(np.int32)))
-        model = networks.load_model(args.model)
+        model = modelio.load_model(args.model)
         inshape = tuple(model.inputs[0].shape[1:-1])
         labels = list(args.labels or PAPER_LABELS)
         present = set().union(*(np.unique(seg).tolist() for _, _, seg in scans))

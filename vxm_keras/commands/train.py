@@ -180,7 +180,7 @@ def main(argv=None):
         import numpy as np
         import tensorflow as tf
 
-        from .. import generators, losses, networks
+        from .. import generators, losses, modelio, networks
         from ..callbacks import AtomicCheckpoint, load_optimizer_state
         from ..io import load_volfile
 
@@ -229,7 +229,7 @@ def main(argv=None):
                   flush=True)
         with strategy.scope():
             if args.load_model:
-                model = networks.load_model(args.load_model)
+                model = modelio.load_model(args.load_model)
                 if tuple(model.inputs[0].shape[1:-1]) != tuple(inshape):
                     fail(f'{args.load_model}: model input {tuple(model.inputs[0].shape[1:-1])} '
                          f'does not match the data {tuple(inshape)}')
@@ -250,10 +250,10 @@ def main(argv=None):
                     fail(str(err))
                 if args.init_weights:
                     try:
-                        source = networks.load_model(args.init_weights)
+                        source = modelio.load_model(args.init_weights)
                     except (FileNotFoundError, ValueError) as err:
                         fail(str(err))
-                    copied, skipped = networks.transfer_weights(source, model)
+                    copied, skipped = modelio.transfer_weights(source, model)
                     if not copied:
                         fail(f'{args.init_weights}: no layer matches the new model by name and shape')
                     print(f'weights from {args.init_weights}: {len(copied)} layers copied ({", ".join(copied)}); '

@@ -130,7 +130,7 @@ def main(argv=None):
         import keras
         import numpy as np
 
-        from .. import generators, losses, networks
+        from .. import generators, losses, modelio, networks
         from ..callbacks import AtomicCheckpoint
         from ..io import atomic_path, load_volfile, save_volfile
 
@@ -156,7 +156,7 @@ def main(argv=None):
         print(f'{len(images)} images of shape {inshape}; '
               f'{"conditional on " + str(n_attr) + " attributes" if n_attr else "unconditional"}', flush=True)
         if args.load_model:
-            model = networks.load_model(args.load_model)
+            model = modelio.load_model(args.load_model)
             if not isinstance(model, networks.TemplateCreation):
                 fail(f'{args.load_model}: not a template model (train_template.py writes those)')
             if tuple(model.inshape) != tuple(inshape) or model.n_attributes != n_attr:
