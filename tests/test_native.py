@@ -263,3 +263,25 @@ def test_inverse_chain_undoes_the_forward_chain(chain):
     # measured 0.19 (95th percentile) and 0.22 mm: the fields are sampled twice, linearly, on 0.8-1.5 mm
     # grids; a chain built the wrong way round is off by the world maps' millimetres
     assert np.percentile(error, 95) < 0.3 and error.max() < 0.5, (np.percentile(error, 95), error.max())
+
+
+def test_test_py_takes_freesurfer_folders_as_they_are(tmp_path):
+    """test.py on FreeSurfer subject folders (prepared on the fly) scores as on the prepared .npz files."""
+    import csv
+    folder = os.path.join(SHARED_DATA, 'freesurfer')
+    if not os.path.isdir(folder):
+        pytest.skip(f'{folder} not found (the shared FreeSurfer subjects)')
+    from vxm_keras.prepare import prepare_freesurfer_subject, write_prepared
+    write_prepared(prepare_freesurfer_subject(os.path.join(folder, 'sub-08')), str(tmp_path / 'sub-08.npz'))
+    (tmp_path / 'list.txt').write_text(f'{os.path.join(folder, "sub-07")}\nsub-08.npz\n')
+    script('test.py', '--model', os.path.join(REPO, 'models', 'vm2_scan2scan.h5'), '--test-list',
+           tmp_path / 'list.txt', '--atlas', 'none', '--out-dir', tmp_path / 'eval')
+    rows = list(csv.DictReader(open(tmp_path / 'eval' / 'dice.csv')))
+    by = {(r['pair'], r['method']): [] for r in rows}
+    for r in rows:
+        by[(r['pair'], r['method'])].append(float(r['dice']))
+    assert set(by) == {('sub-07->sub-08', 'affine'), ('sub-07->sub-08', 'model'),
+                       ('sub-08->sub-07', 'affine'), ('sub-08->sub-07', 'model')}
+    # the affine rows are the Dice of the two prepared label maps; models/README: 0.648, network 0.725
+    assert np.mean(by[('sub-07->sub-08', 'affine')]) == pytest.approx(0.648, abs=0.005)
+    assert np.mean(by[('sub-07->sub-08', 'model')]) > 0.7

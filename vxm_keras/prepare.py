@@ -184,7 +184,8 @@ def _outputs(dst, with_seg, nifti):
     return outs
 
 
-def _is_freesurfer_subject(folder):
+def is_freesurfer_subject(folder):
+    """Whether ``folder`` holds a FreeSurfer subject (``brainmask.mgz`` directly or under ``mri/``)."""
     return any(os.path.isfile(os.path.join(folder, p)) for p in ('brainmask.mgz', 'mri/brainmask.mgz'))
 
 
@@ -205,9 +206,9 @@ def main(argv=None):
 
     from .cli import check_outputs, fail, progress
     try:
-        if os.path.isdir(args.input) and not _is_freesurfer_subject(args.input):
+        if os.path.isdir(args.input) and not is_freesurfer_subject(args.input):
             subjects = sorted(d for d in os.listdir(args.input)
-                              if _is_freesurfer_subject(os.path.join(args.input, d)))
+                              if is_freesurfer_subject(os.path.join(args.input, d)))
             if not subjects:
                 fail(f'{args.input}: no FreeSurfer subject folders (with brainmask.mgz) inside')
             os.makedirs(args.output, exist_ok=True)

@@ -3,7 +3,10 @@
     python test.py --model models/vm2_scan2scan.h5 --test-list models/splits/val.txt --atlas none
     python test.py --model models/vm2_atlas.h5 --test-list models/splits/val.txt
 
-Test scans are prepared ``.npz`` files with ``vol`` and ``seg`` (aseg labels).
+Test scans are prepared ``.npz`` files with ``vol`` and ``seg`` (aseg labels),
+or FreeSurfer subject folders as FreeSurfer wrote them (``brainmask.mgz``,
+``aseg.mgz``, ``talairach.xfm`` if there is one), prepared on the fly as
+``python -m vxm_keras.prepare`` would (affine alignment without the ``.xfm``).
 
 * ``--atlas none``: every ordered pair of test scans (moving -> fixed); Dice of
   the warped moving ``seg`` with the fixed ``seg`` on the papers' 30
@@ -43,7 +46,7 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True, help='trained model (.h5)')
     data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument('--test-list', '--test_list', dest='test_list', help='text file, one .npz per line')
+    data.add_argument('--test-list', '--test_list', dest='test_list', help='text file, one prepared .npz (vol, seg) or FreeSurfer subject folder (brainmask.mgz, aseg.mgz) per line')
     data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of .npz test scans')
     p.add_argument('--atlas', default=DEFAULT_ATLAS,
                    help="atlas .npz (vol, seg), or 'none' for scan-to-scan pairs")
@@ -103,11 +106,20 @@ def main(argv=None):
         files = list_volumes(args.data_dir, args.test_list)
         scans = []
         for f in files:
-            vol = load_volfile(f, check_finite=True)
-            seg = load_volfile(f, key='seg')
+            if os.path.isdir(f):
+                # a FreeSurfer subject as it is: prepared here (talairach.xfm, or the affine alignment)
+                from ..prepare import is_freesurfer_subject, prepare_freesurfer_subject
+                if not is_freesurfer_subject(f):
+                    fail(f'{f}: a folder, but not a FreeSurfer subject (no brainmask.mgz inside)')
+                prepared = prepare_freesurfer_subject(f)
+                vol, seg = prepared['vol'], prepared['seg']
+            else:
+                vol = load_volfile(f, check_finite=True)
+                seg = load_volfile(f, key='seg')
             if seg.shape != vol.shape:
                 fail(f'{f}: seg shape {seg.shape} differs from vol {vol.shape}')
-            scans.append((os.path.splitext(os.path.basename(f))[0], vol.astype(np.float32), seg.astype(np.int32)))
+            name = os.path.basename(os.path.normpath(f)) if os.path.isdir(f) else os.path.splitext(os.path.basename(f))[0]
+            scans.append((name, vol.astype(np.float32), seg.astype(np.int32)))
         model = modelio.load_model(args.model)
         inshape = tuple(model.inputs[0].shape[1:-1])
         labels = list(args.labels or PAPER_LABELS)

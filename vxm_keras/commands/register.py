@@ -94,8 +94,8 @@ def build_parser():
     p.add_argument('--affine-dof', dest='affine_dof', type=int, choices=(6, 9, 12), default=12,
                    help='degrees of freedom of that alignment (default 12)')
     p.add_argument('--allow-poor-alignment', dest='allow_poor_alignment', action='store_true',
-                   help='register even when the aligned scan correlates poorly with the fixed scan or atlas '
-                        '(by default refused: a scan with its skull, or another contrast)')
+                   help='register even a scan whose alignment looks wrong (by default refused: a head with '
+                        'its skull, another contrast)')
     p.add_argument('--warp-format', dest='warp_format', choices=('voxel', 'itk', 'ras'), default='voxel',
                    help='--warp and --inverse-warp as: voxel (the model grid, voxel units; default), itk '
                         '(ANTs/ITK displacement field on the fixed grid, LPS mm, affine included), ras (RAS mm)')
@@ -316,7 +316,7 @@ def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placemen
     """Register one moving array (with its affine) to the fixed scan through the model grid;
     returns :class:`vxm_keras.native.NativeResult` with ``t_load`` (when the pair was ready)."""
     from ..cli import UserError
-    from ..native import MIN_CORRELATION, AlignmentError, Scan, on_grid, register_scans
+    from ..native import AlignmentError, Scan, on_grid, register_scans
     name = name or args.moving
     grid_affine, reference = _grid(reg, args.fixed, fixed.shape)
     moving_scan = Scan(moving, affine, name)
@@ -339,7 +339,7 @@ def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placemen
     try:
         result = register_scans(reg, moving_scan, fixed_placement or fixed_scan, ref, grid_affine,
                                 affine=args.affine, dof=args.affine_dof, inverse=bool(args.inverse_warp),
-                                min_correlation=None if args.allow_poor_alignment else MIN_CORRELATION,
+                                check=not args.allow_poor_alignment,
                                 **_options(args))
     except AlignmentError as err:
         raise UserError(f'{err}, or pass --allow-poor-alignment to register it anyway') from None
