@@ -87,6 +87,21 @@ def test_chain_labels_keep_their_values(chain, rng):
     assert (~ambiguous).mean() > 0.85
 
 
+def test_results_on_the_moving_grid(chain):
+    """--moved-grid moving: the moving scan's own grid, carried into the fixed space by the affine part,
+    sampled through the same chain (brute force again)."""
+    moved_grid = native.on_moving_grid(chain)
+    source = chain.source.scan
+    assert moved_grid.target.scan.vol.shape == source.vol.shape
+    np.testing.assert_allclose(moved_grid.target.scan.affine, np.linalg.inv(chain.world_affine) @ source.affine)
+    _, _, source_vox, shape = _brute_force_source_voxels(moved_grid)
+    expected = ndimage.map_coordinates(source.vol, source_vox.T, order=1, mode='constant').reshape(shape)
+    np.testing.assert_allclose(moved_grid.resample(), expected, atol=2e-5)
+    # without the deformation the moving scan comes back onto its own voxels
+    unmoved = native.on_moving_grid(native.Chain(chain.target, chain.source, GRID_AFFINE))
+    np.testing.assert_allclose(unmoved.resample()[1:-1, 1:-1, 1:-1], source.vol[1:-1, 1:-1, 1:-1], atol=1e-4)
+
+
 def test_affine_part_alone(chain):
     part = native.Chain(chain.target, chain.source, chain.grid_affine)
     world_map = part.world_affine
@@ -189,7 +204,13 @@ def test_register_a_raw_scan_to_the_atlas(tmp_path):
     assert corr(moved.get_fdata()) > corr(load_volfile(example)) + 0.1
     warp = nib.load(tmp_path / 'warp.nii.gz')
     assert warp.shape == (*atlas.shape, 1, 3) and warp.header.get_intent()[0] == 'vector'
-    assert native.load_itk_affine(tmp_path / 'affine.txt').shape == (4, 4)
+    world_affine = native.load_itk_affine(tmp_path / 'affine.txt')
+    # the same at the raw scan's own voxel size and extent, placed in the atlas's space by that affine
+    script('register.py', '--moving', tmp_path / 'raw.nii.gz', '--moved', tmp_path / 'moved_raw_grid.nii.gz',
+           '--moved-grid', 'moving', '--optimize', 0)
+    raw, out = nib.load(tmp_path / 'raw.nii.gz'), nib.load(tmp_path / 'moved_raw_grid.nii.gz')
+    assert out.shape == raw.shape
+    np.testing.assert_allclose(out.affine, np.linalg.inv(world_affine) @ raw.affine, atol=1e-3)
 
 
 def test_register_raw_moving_to_raw_fixed(tmp_path):

@@ -292,6 +292,18 @@ class Chain:
         return out
 
 
+def on_moving_grid(chain):
+    """``chain`` (fixed -> moving) with its target replaced by the moving scan's own grid carried into
+    the fixed scan's space by the inverse of the affine part: results there are in the fixed scan's
+    space at the moving scan's voxel size and extent. The new target's affine (fixed world) is
+    ``inv(chain.world_affine) @ moving_affine``."""
+    moving = chain.source.scan
+    affine = np.linalg.inv(chain.world_affine) @ np.asarray(moving.affine, np.float64)
+    grid = Scan(np.broadcast_to(np.float32(0), moving.vol.shape), affine, f'{moving.name} grid')
+    target = Placement(scan=grid, vol=None, world_map=chain.target.world_map, alignment=chain.target.alignment)
+    return Chain(target, chain.source, chain.grid_affine, chain.disp)
+
+
 def save_itk_warp(path, displacement_lps, target_affine, overwrite=False):
     """Write an ANTs/ITK displacement field: 5-D NIfTI ``(*spatial, 1, 3)``, intent vector,
     LPS millimetre components, the target grid's affine (what ``antsApplyTransforms -t``

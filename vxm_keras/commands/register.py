@@ -96,6 +96,9 @@ def build_parser():
     p.add_argument('--allow-poor-alignment', dest='allow_poor_alignment', action='store_true',
                    help='register even a scan whose alignment looks wrong (by default refused: a head with '
                         'its skull, another contrast)')
+    p.add_argument('--moved-grid', dest='moved_grid', choices=('fixed', 'moving'), default='fixed',
+                   help="grid of --moved, --moved-seg, --uncertainty: the fixed scan's (default), or the moving "
+                        "scan's own voxel size and extent, carried into the fixed scan's space by the affine part")
     p.add_argument('--warp-format', dest='warp_format', choices=('voxel', 'itk', 'ras'), default='voxel',
                    help='--warp and --inverse-warp as: voxel (the model grid, voxel units; default), itk '
                         '(ANTs/ITK displacement field on the fixed grid, LPS mm, affine included), ras (RAS mm)')
@@ -267,21 +270,29 @@ def _single(args):
 
     t1 = time.perf_counter()
     forward = result.forward
+    # the chain the image outputs are sampled through: onto the fixed grid, or the moving scan's own
+    outputs_chain = forward
+    moved = result.moved
+    if args.moved_grid == 'moving' and not forward.identity:
+        from ..native import on_moving_grid
+        outputs_chain = on_moving_grid(forward)
+        moved = outputs_chain.resample()
     uncertainty = grid_uncertainty = None
     if args.uncertainty:
         grid_uncertainty = reg.uncertainty(result.moving.vol, result.fixed.vol, samples=args.uncertainty_samples)
-        uncertainty = grid_uncertainty if forward.identity else forward.sample_on_target(grid_uncertainty)
+        uncertainty = grid_uncertainty if forward.identity else outputs_chain.sample_on_target(grid_uncertainty)
     if moving_seg is not None:
         moved_seg = (reg.warp_labels(moving_seg, result.grid.warp) if forward.identity
-                     else forward.resample(moving_seg, order=0))
+                     else outputs_chain.resample(moving_seg, order=0))
     else:
         moved_seg = None
     t_pred += time.perf_counter() - t1
 
     t2 = time.perf_counter()
     # outputs on the fixed grid carry its affine (on the model grid, moving and fixed share it)
-    out_affine = (affine if affine is not None else fixed_affine) if forward.identity else forward.target.scan.affine
-    writers = [(args.moved, lambda tmp: save_volfile(tmp, result.moved, affine=out_affine, overwrite=True))]
+    out_affine = ((affine if affine is not None else fixed_affine) if forward.identity
+                  else outputs_chain.target.scan.affine)
+    writers = [(args.moved, lambda tmp: save_volfile(tmp, moved, affine=out_affine, overwrite=True))]
     if args.moved_seg:
         writers.append((args.moved_seg, lambda tmp: save_volfile(tmp, moved_seg, affine=out_affine, overwrite=True)))
     if args.uncertainty:
