@@ -32,7 +32,8 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'test': ['pytest', 'hypothesis'],
+        # pytest-xdist: the suite runs on two workers (pytest.ini), about half the time on 2 cores
+        'test': ['pytest', 'pytest-xdist', 'hypothesis'],
         # peers for the benchmark (python -m vxm_keras.bench --peers), never needed otherwise
         'peers': ['antspyx'],
     },
