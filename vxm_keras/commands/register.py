@@ -289,9 +289,7 @@ def _single(args):
     t_pred += time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    # outputs on the fixed grid carry its affine (on the model grid, moving and fixed share it)
-    out_affine = ((affine if affine is not None else fixed_affine) if forward.identity
-                  else outputs_chain.target.scan.affine)
+    out_affine = _output_affine(outputs_chain, affine, fixed_affine)
     writers = [(args.moved, lambda tmp: save_volfile(tmp, moved, affine=out_affine, overwrite=True))]
     if args.moved_seg:
         writers.append((args.moved_seg, lambda tmp: save_volfile(tmp, moved_seg, affine=out_affine, overwrite=True)))
@@ -332,7 +330,7 @@ def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placemen
     grid_affine, reference = _grid(reg, args.fixed, fixed.shape)
     moving_scan = Scan(moving, affine, name)
     fixed_scan = Scan(fixed, fixed_affine, args.fixed)
-    grid_check = grid_affine if grid_affine is not None else (fixed_affine if fixed_affine is not None else None)
+    grid_check = grid_affine if grid_affine is not None else fixed_affine
     for scan in (moving_scan, fixed_scan) if fixed_placement is None else (moving_scan,):
         if scan.vol.shape == tuple(reg.inshape) and (scan.affine is None or grid_check is None
                                                       or on_grid(scan, reg.inshape, grid_check)):
@@ -358,6 +356,14 @@ def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placemen
         raise UserError(str(err)) from None
     result.t_load = t_load
     return result
+
+
+def _output_affine(chain, moving_affine, fixed_affine):
+    """The affine of image outputs sampled through ``chain``: its target grid's; on the model grid
+    (scans unmoved) the moving scan's, as before scans of other grids were taken (both share it)."""
+    if chain.identity:
+        return moving_affine if moving_affine is not None else fixed_affine
+    return chain.target.scan.affine
 
 
 def _warp_writer(fmt, chain, grid_field):
@@ -490,9 +496,7 @@ def _batch(args):
 
     def write(outs, result, affine):
         forward = result.forward
-        affine = ((affine if affine is not None else fixed_affine) if forward.identity
-                  else forward.target.scan.affine)
-        save_volfile(outs[0], result.moved, affine=affine, overwrite=True)
+        save_volfile(outs[0], result.moved, affine=_output_affine(forward, affine, fixed_affine), overwrite=True)
         if len(outs) > 1:
             with atomic_path(outs[1]) as tmp:
                 _warp_writer(args.warp_format, forward, result.grid.warp)(tmp)
