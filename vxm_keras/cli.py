@@ -1,22 +1,122 @@
-"""Shared plumbing of the command-line scripts (``train.py``, ``register.py``, ``test.py``).
+"""Shared plumbing of the command-line scripts (``train.py``, ``register.py``, ``test.py``, ...).
 
-User errors end with one line on stderr, ``error: <file>: <problem>``, and
-exit code 2; they never print a traceback.
+Every command is a module with ``build_parser()``, ``run(args)`` (the work, callable from Python
+with a parsed namespace) and ``main(argv)``, which parses and hands ``run`` to :func:`execute`.
+Options that several commands share come from the parent parsers here, so their names, aliases
+and checks cannot drift apart. User errors (:class:`~vxm_keras.errors.UserError`) end with one
+line on stderr, ``error: <file>: <problem>``, and exit code 2; they never print a traceback.
 """
 
+import argparse
 import os
 import re
 import sys
 
+from .errors import UserError
 
-class UserError(Exception):
-    """An error caused by the user's input: reported in one line, no traceback."""
+__all__ = ['UserError', 'fail', 'execute', 'device_options', 'training_data_options', 'schedule_options',
+           'registration_options', 'overwrite_option']
 
 
 def fail(message):
-    """Print ``error: message`` to stderr and exit with status 2."""
-    print(f'error: {message}', file=sys.stderr)
-    raise SystemExit(2)
+    """Stop the command with a user error: ``error: message`` on stderr, exit code 2 (see :func:`execute`)."""
+    raise UserError(message)
+
+
+def execute(command, args):
+    """Run ``command(args)`` and return its exit code; a user error becomes one line on stderr and
+    code 2, an interrupt code 130, any other ``OSError`` (disk full, permissions) one line and code 1."""
+    try:
+        return command(args) or 0
+    except (UserError, FileNotFoundError, FileExistsError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+    except OSError as err:  # not the user's input, but no traceback either
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+
+
+def _parent():
+    return argparse.ArgumentParser(add_help=False)
+
+
+def device_options():
+    """``--gpu``, ``--verbose``: where a command runs (see :func:`setup_device`)."""
+    p = _parent()
+    p.add_argument('--gpu', default=None, help="GPU id or comma list ('-1' or absent: CPU)")
+    p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
+    return p
+
+
+def training_data_options(*extra_sources):
+    """``--data-dir`` | ``--train-list`` (one of them, or of ``extra_sources``: ``(flag, help)``
+    pairs, e.g. train_template.py's ``--fashion-mnist``)."""
+    p = _parent()
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of prepared .npz scans')
+    data.add_argument('--train-list', '--train_list', dest='train_list', help='text file, one scan path per line')
+    for flag, help_text in extra_sources:
+        data.add_argument(flag, dest=flag.lstrip('-').replace('-', '_'), help=help_text)
+    return p
+
+
+def schedule_options():
+    """A training run's schedule, folder and resumption: ``--lr``, ``--epochs``, ``--steps-per-epoch``,
+    ``--batch-size``, ``--model-dir``, ``--overwrite``, ``--load-model``, ``--initial-epoch``, ``--seed``.
+    Commands set their own defaults with ``parser.set_defaults``; :func:`check_schedule` checks them."""
+    p = _parent()
+    p.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate (default %(default)s)')
+    p.add_argument('--epochs', type=int, default=1500, help='epoch to stop after (default %(default)s)')
+    p.add_argument('--steps-per-epoch', '--steps_per_epoch', dest='steps_per_epoch', type=int, default=100,
+                   help='training steps per epoch, one checkpoint each (default %(default)s)')
+    p.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=1,
+                   help='pairs (or images) per step, the global batch (default %(default)s)')
+    p.add_argument('--model-dir', '--model_dir', dest='model_dir', default='runs/train',
+                   help='where checkpoints and the log go (default %(default)s)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the run in --model-dir (a new run: its checkpoints and log; a resumed run: '
+                        'the checkpoints after the one resumed from)')
+    p.add_argument('--load-model', '--load_model_file', dest='load_model', default=None,
+                   help='resume from this checkpoint (.h5)')
+    p.add_argument('--initial-epoch', '--initial_epoch', dest='initial_epoch', type=int, default=None,
+                   help='epoch the resumed run starts from (default: recorded in the checkpoint)')
+    p.add_argument('--seed', type=int, default=None,
+                   help='seed of the weights and of the sampling: batch k is the same whether the run '
+                        'went straight through or was resumed')
+    return p
+
+
+def registration_options(default_optimize):
+    """How a pair is registered: ``--model``-independent refinement options shared by register.py
+    and test.py: ``--optimize``, ``--optimize-lambda``, ``--cascade``; :func:`check_registration`."""
+    p = _parent()
+    p.add_argument('--optimize', type=int, default=default_optimize, metavar='N',
+                   help='refine the predicted field on the pair with N Adam steps of the training loss '
+                        '(instance-specific optimisation, TMI 2019) at half resolution; 0 for the network '
+                        'alone (default %(default)s). Dice and seconds against N: models/README.md')
+    p.add_argument('--optimize-lambda', dest='optimize_lambda', type=float, default=None,
+                   help='smoothness weight of that refinement (default 4: folding stays far below 0.5 %%)')
+    p.add_argument('--cascade', type=int, default=1, metavar='K',
+                   help='apply the network K times, each on the previous result, composing the fields')
+    return p
+
+
+def check_registration(args):
+    """Check the options of :func:`registration_options`."""
+    if args.optimize < 0 or args.cascade < 1:
+        fail(f'--optimize must be >= 0 and --cascade >= 1, got {args.optimize} and {args.cascade}')
+    if args.optimize_lambda is not None and not args.optimize_lambda >= 0:
+        fail(f'--optimize-lambda must be >= 0, got {args.optimize_lambda}')
+
+
+def overwrite_option(help_text='replace existing outputs (never the inputs)'):
+    """``--overwrite`` for commands that write outputs."""
+    p = _parent()
+    p.add_argument('--overwrite', action='store_true', help=help_text)
+    return p
 
 
 # what setup_device asked for, checked once TensorFlow starts (in run)
@@ -88,7 +188,6 @@ def initial_epoch(load_model, given=None):
     """The epoch a resumed run starts from: ``given`` when set, else the epoch recorded in
     the checkpoint (so a renamed ``best.h5`` resumes where it ended), else the number in a
     name like ``0010.h5``, else 0."""
-    import re
     if given is not None:
         return given
     if load_model and os.path.isfile(load_model):
@@ -112,7 +211,6 @@ def check_run_dir(model_dir, start, resuming, overwrite):
     instead, and a resumed run's log keeps only the epochs before ``start``.
     """
     import csv
-    import re
     if not os.path.isdir(model_dir):
         if os.path.exists(model_dir):
             fail(f'{model_dir}: exists and is not a folder')
@@ -235,18 +333,3 @@ def progress(items, desc=''):
     for n, item in enumerate(items):
         print(f'{desc or "step"} {n + 1}/{len(items)}', flush=True)
         yield item
-
-
-def run(main):
-    """Run ``main()``; map user-facing exceptions to one-line errors with exit code 2."""
-    from .io import InputFileError
-    try:
-        return main()
-    except (UserError, InputFileError, FileNotFoundError, FileExistsError) as err:
-        fail(str(err))
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        raise SystemExit(130)
-    except OSError as err:  # disk full, permissions, I/O: not the user's input, no traceback either
-        print(f'error: {err}', file=sys.stderr)
-        raise SystemExit(1)

@@ -61,41 +61,69 @@ def _batch(vols, idx):
     return vols[idx][..., None]
 
 
-def _batch_rngs(rng, seed, start):
-    """Random generators for successive batches: ``rng`` itself, or with ``seed`` one generator
-    per batch index from ``start`` on, so a run resumed at step ``start`` draws exactly the
-    batches an uninterrupted run would have drawn there."""
-    step = start
-    while True:
-        if seed is None:
-            yield rng
-        else:
-            yield np.random.default_rng([*np.atleast_1d(seed).tolist(), step])
-        step += 1
+class Sampler:
+    """Where every training batch's randomness comes from, for all the training commands.
+
+    Batch ``k`` (counted over the whole run, from ``start``) draws from
+    ``numpy.random.default_rng([seed, worker, k])``, so a run resumed at step ``start`` draws
+    exactly the batches an uninterrupted run would have drawn there, and each worker of a
+    multi-worker run draws its own. Without ``seed`` one is drawn once from the OS: still one
+    generator per batch, just not reproducible across processes.
+    """
+
+    def __init__(self, seed=None, start=0, worker=0):
+        self.seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else int(seed)
+        self.start, self.worker = int(start), int(worker)
+
+    def rngs(self):
+        """Endless ``numpy.random.Generator`` per batch, from batch ``start`` on."""
+        step = self.start
+        while True:
+            yield np.random.default_rng([self.seed, self.worker, step])
+            step += 1
+
+    def indices(self, n, batch_size):
+        """Endless ``(batch_size,)`` int arrays of items drawn from ``range(n)`` with replacement."""
+        for rng in self.rngs():
+            yield rng.integers(0, n, batch_size)
+
+    @property
+    def map_seed(self):
+        """Integer seed of the per-batch TensorFlow maps (augmentation, synthesis), which key it with
+        the batch index: the same batch gets the same draw when resumed."""
+        return self.seed + 7919 * self.worker
 
 
-def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None, seed=None, start=0,
-                  segs=None, atlas_seg=None):
+def _batch_rngs(rng, sampler):
+    """One generator per batch: the ``sampler``'s (resumable), else ``rng`` every time."""
+    if sampler is not None:
+        return sampler.rngs()
+    rng = np.random.default_rng() if rng is None else rng
+    return iter(lambda: rng, None)
+
+
+def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None, sampler=None, segs=None,
+                  atlas_seg=None, flow_channels=None):
     """Endless generator pairing random scans (moving) with the atlas (fixed).
 
     Args:
         vols: ``(n, *spatial)`` float32 training volumes.
         atlas: ``(*spatial)`` atlas volume.
-        flow_shape: spatial shape of the model's ``flow`` output (default
-            ``spatial``): the dummy zeros get this shape.
-        rng: ``numpy.random.Generator`` (ignored when ``seed`` is given).
-        seed, start: draw batch ``k`` (counting from ``start``) from
-            ``default_rng([*seed, k])``: reproducible, and resumable mid-run.
+        flow_shape, flow_channels: spatial shape and channels of the output the smoothness
+            loss sees (default ``spatial`` and ``ndim``): the dummy zeros get that shape, so a
+            trainer passes its model's (:func:`zeros_shape`) and uses the batches as they are.
+        rng: ``numpy.random.Generator`` for every batch (ignored with ``sampler``).
+        sampler: a :class:`Sampler`: batch ``k`` reproducible, and resumable mid-run.
         segs, atlas_seg: ``(n, *spatial)`` and ``(*spatial)`` label maps for
             segmentation-supervised training: batches become
             ``([moving, fixed, moving_seg], [fixed, zeros, fixed_seg])`` with
             label maps ``(batch, *spatial, 1)`` float32.
     """
-    rngs = _batch_rngs(np.random.default_rng() if rng is None else rng, seed, start)
+    rngs = _batch_rngs(rng, sampler)
     spatial = vols.shape[1:]
     flow_shape = tuple(spatial if flow_shape is None else flow_shape)
     fixed = np.repeat(atlas[None, ..., None].astype(np.float32), batch_size, axis=0)
-    zeros = np.zeros((batch_size, *flow_shape, len(spatial)), np.float32)
+    zeros = np.zeros((batch_size, *flow_shape, flow_channels or len(spatial)), np.float32)
     if segs is not None:
         fixed_seg = np.repeat(atlas_seg[None, ..., None].astype(np.float32), batch_size, axis=0)
     for rng in rngs:
@@ -106,15 +134,15 @@ def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None, seed=Non
             yield [_batch(vols, idx), fixed, _batch(segs, idx).astype(np.float32)], [fixed, zeros, fixed_seg]
 
 
-def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, seed=None, start=0, segs=None):
+def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, sampler=None, segs=None, flow_channels=None):
     """Endless generator of random pairs of distinct scans ``(moving, fixed)``; arguments as
     in :func:`scan_to_atlas` (``segs`` adds ``moving_seg`` and ``fixed_seg``)."""
     if len(vols) < 2:
         raise ValueError('scan-to-scan training needs at least 2 volumes')
-    rngs = _batch_rngs(np.random.default_rng() if rng is None else rng, seed, start)
+    rngs = _batch_rngs(rng, sampler)
     spatial = vols.shape[1:]
     flow_shape = tuple(spatial if flow_shape is None else flow_shape)
-    zeros = np.zeros((batch_size, *flow_shape, len(spatial)), np.float32)
+    zeros = np.zeros((batch_size, *flow_shape, flow_channels or len(spatial)), np.float32)
     for rng in rngs:
         pairs = np.array([rng.choice(len(vols), 2, replace=False) for _ in range(batch_size)])
         moving, fixed = _batch(vols, pairs[:, 0]), _batch(vols, pairs[:, 1])
@@ -123,6 +151,13 @@ def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, seed=None, start
         else:
             seg_m, seg_f = (_batch(segs, pairs[:, k]).astype(np.float32) for k in (0, 1))
             yield [moving, fixed, seg_m], [fixed, zeros, seg_f]
+
+
+def zeros_shape(model):
+    """``dict(flow_shape=..., flow_channels=...)`` of ``model``'s last output (the field or the
+    velocity parameters its regulariser sees), for the generators' dummy targets."""
+    shape = tuple(model.outputs[-1].shape[1:])
+    return dict(flow_shape=shape[:-1], flow_channels=shape[-1])
 
 
 def as_dataset(generator, prefetch=2):

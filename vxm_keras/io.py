@@ -5,8 +5,8 @@ Arrays are returned as stored: ``(*spatial)`` for a single-channel volume or
 dropped. Affines are 4x4 voxel-to-world (RAS, mm) matrices; ``.npz`` files
 carry one under the key ``affine`` when :func:`save_volfile` was given one.
 
-Every error names the file. :class:`VolumeError` (a ``ValueError``) covers
-unreadable files, unknown extensions, missing keys and wrong shapes.
+Every error names the file. :class:`VolumeError` (a :class:`~vxm_keras.errors.UserError`, so a
+``ValueError``) covers unreadable files, unknown extensions, missing keys and wrong shapes.
 """
 
 import contextlib
@@ -16,12 +16,14 @@ import zipfile
 
 import numpy as np
 
+from .errors import UserError
+
 EXTENSIONS = ('.npz', '.npy', '.nii', '.nii.gz', '.mgz')
 # keys tried, in order, when an npz is read without an explicit key
 DEFAULT_NPZ_KEYS = ('vol', 'vol_data')
 
 
-class InputFileError(ValueError):
+class InputFileError(UserError):
     """An input file that cannot be used: the message names the file and the problem."""
 
 

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from . import affine as affine_mod
 from . import spatial
+from .errors import UserError
 
 # LPS <-> RAS: the sign of the first two world axes
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -49,7 +50,7 @@ MAX_OUTSIDE = 0.15
 MIN_CORRELATION = 0.5
 
 
-class AlignmentError(ValueError):
+class AlignmentError(UserError):
     """An affine alignment too poor to register from (a scan with skull, another contrast)."""
 
 

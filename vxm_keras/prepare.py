@@ -27,6 +27,7 @@ import sys
 import numpy as np
 from scipy import ndimage
 
+from .errors import UserError
 from .io import VolumeError, load_volfile, save_volfile
 
 TARGET_SHAPE = (160, 192, 224)
@@ -189,7 +190,7 @@ def is_freesurfer_subject(folder):
     return any(os.path.isfile(os.path.join(folder, p)) for p in ('brainmask.mgz', 'mri/brainmask.mgz'))
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         prog='python -m vxm_keras.prepare',
         description='Prepare scans for vxm-keras: affine to MNI305, 1 mm, 160x192x224, [0, 1] intensities.')
@@ -202,8 +203,16 @@ def main(argv=None):
                              '(scans not in MNI space) or talairach.xfm; subjects without talairach.xfm always are')
     parser.add_argument('--nifti', action='store_true', help='also write NIfTI copies next to the .npz files')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv=None):
+    from .cli import execute
+    return execute(run, build_parser().parse_args(argv))
+
+
+def run(args):
+    """Prepare as the command line says (``args`` from :func:`build_parser`); returns the exit code."""
     from .cli import check_outputs, fail, progress
     try:
         if os.path.isdir(args.input) and not is_freesurfer_subject(args.input):
@@ -232,7 +241,9 @@ def main(argv=None):
             write_prepared(prepared, dst, overwrite=args.overwrite)
             if args.nifti and dst.endswith('.npz'):
                 write_prepared(prepared, dst[:-4] + '.nii.gz', overwrite=args.overwrite)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # nibabel's and numpy's own errors about a file, too
+        if isinstance(err, UserError):
+            raise
         fail(str(err))
     return 0
 

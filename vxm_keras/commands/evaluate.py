@@ -36,14 +36,17 @@ import os
 import sys
 import time
 
-from ..cli import fail, run, setup_device, start_tensorflow
+from ..cli import (check_registration, device_options, execute, fail, overwrite_option, registration_options,
+                   setup_device, start_tensorflow)
 from ..metrics import STRUCTURES, TISSUE_NAMES, aseg_to_tissue
 
 from ..shipped import DEFAULT_ATLAS
 
+
 def build_parser():
     p = argparse.ArgumentParser(prog='test.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[registration_options(0), overwrite_option(), device_options()])
     p.add_argument('--model', required=True, help='trained model (.h5)')
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument('--test-list', '--test_list', dest='test_list', help='text file, one prepared .npz (vol, seg) or FreeSurfer subject folder (brainmask.mgz, aseg.mgz) per line')
@@ -55,11 +58,6 @@ def build_parser():
     p.add_argument('--template', default=None,
                    help="learned-template models (train_template.py): the template .npz with its 'seg' "
                         '(default template.npz beside the model)')
-    p.add_argument('--optimize', type=int, default=0, metavar='N',
-                   help='instance-specific optimisation steps per pair (as register.py --optimize)')
-    p.add_argument('--optimize-lambda', dest='optimize_lambda', type=float, default=None,
-                   help='smoothness weight of that optimisation (default 4)')
-    p.add_argument('--cascade', type=int, default=1, metavar='K', help='network passes per pair, fields composed')
     p.add_argument('--peers', action='store_true',
                    help="scan-to-scan: also run ANTs SyN (antspyx defaults, pip install -e '.[peers]') on the "
                         'same pairs and score it the same way')
@@ -70,9 +68,6 @@ def build_parser():
                    help='scan-to-scan: also N pairs per test scan made by warping it (and its labels) with '
                         'a known large random smooth deformation, registered back to the original')
     p.add_argument('--out-dir', dest='out_dir', default=None, help='where to write dice.csv and the plots')
-    p.add_argument('--overwrite', action='store_true')
-    p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
-    p.add_argument('--gpu', default=None)
     return p
 
 
@@ -87,122 +82,124 @@ def _summarise(rows, method, labels):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    return execute(run, build_parser().parse_args(argv))
+
+
+def run(args):
+    """Evaluate as the command line says (``args`` from :func:`build_parser`); returns the exit code."""
     setup_device(args.gpu, args.verbose)
-    if args.optimize < 0 or args.cascade < 1 or args.synthetic < 0:
-        fail('--optimize and --synthetic must be >= 0 and --cascade >= 1')
+    check_registration(args)
+    if args.synthetic < 0:
+        fail(f'--synthetic must be >= 0, got {args.synthetic}')
     if args.out_dir and os.path.exists(os.path.join(args.out_dir, 'dice.csv')) and not args.overwrite:
         fail(f'{os.path.join(args.out_dir, "dice.csv")}: exists (use --overwrite to replace it)')
+    start_tensorflow()
+    import numpy as np
 
-    def body():
-        start_tensorflow()
-        import numpy as np
+    from .. import modelio, networks
+    from ..generators import list_volumes
+    from ..io import load_volfile
+    from ..metrics import PAPER_LABELS, folding_fraction
 
-        from .. import modelio, networks
-        from ..generators import list_volumes
-        from ..io import load_volfile
-        from ..metrics import PAPER_LABELS, folding_fraction
-
-        files = list_volumes(args.data_dir, args.test_list)
-        scans = []
-        for f in files:
-            if os.path.isdir(f):
-                # a FreeSurfer subject as it is: prepared here (talairach.xfm, or the affine alignment)
-                from ..prepare import is_freesurfer_subject, prepare_freesurfer_subject
-                if not is_freesurfer_subject(f):
-                    fail(f'{f}: a folder, but not a FreeSurfer subject (no brainmask.mgz inside)')
-                prepared = prepare_freesurfer_subject(f)
-                vol, seg = prepared['vol'], prepared['seg']
-            else:
-                vol = load_volfile(f, check_finite=True)
-                seg = load_volfile(f, key='seg')
-            if seg.shape != vol.shape:
-                fail(f'{f}: seg shape {seg.shape} differs from vol {vol.shape}')
-            name = os.path.basename(os.path.normpath(f)) if os.path.isdir(f) else os.path.splitext(os.path.basename(f))[0]
-            scans.append((name, vol.astype(np.float32), seg.astype(np.int32)))
-        model = modelio.load_model(args.model)
-        inshape = tuple(model.inputs[0].shape[1:-1])
-        labels = list(args.labels or PAPER_LABELS)
-        present = set().union(*(np.unique(seg).tolist() for _, _, seg in scans))
-        if not present & set(labels):
-            fail(f'none of the labels {" ".join(map(str, labels))} is in the test scans\' seg maps '
-                 f'(they hold {" ".join(map(str, sorted(present - {0})[:40]))})')
-        if isinstance(model, networks.TemplateCreation):
-            return _evaluate_template(args, model, inshape, scans, labels)
-        atlas_mode = args.atlas.lower() != 'none'
-        if atlas_mode:
-            atlas = load_volfile(args.atlas, check_finite=True).astype(np.float32)
-            atlas_seg = load_volfile(args.atlas, key='seg').astype(np.int32)
-            atlas_tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
-            if atlas.shape != inshape:
-                fail(f'{args.atlas}: shape {atlas.shape}, but the model {args.model} takes {inshape}; '
-                     "pass the atlas it was trained with (--atlas), or --atlas none for scan-to-scan pairs")
-        elif len(scans) < 2:
-            fail('scan-to-scan evaluation needs at least 2 test scans')
-        for name, vol, _ in scans:
-            if vol.shape != inshape:
-                fail(f'{name}: shape {vol.shape}, the model takes {inshape}')
-        if atlas_mode and (args.peers or args.invert_contrast or args.synthetic):
-            fail('--peers, --invert-contrast and --synthetic are for scan-to-scan evaluation (--atlas none)')
-        if args.peers and importlib.util.find_spec('ants') is None:
-            fail("--peers needs antspyx: pip install -e '.[peers]'")
-        peer_seconds = []
-        from ..registration import Registration
-        try:
-            reg = Registration(model)
-        except ValueError as err:
-            fail(f'{args.model}: {err}')
-        options = dict(optimize=args.optimize, cascade=args.cascade)
-        if args.optimize_lambda is not None:
-            options['lam'] = args.optimize_lambda
-
-        def register(moving, fixed, seg):
-            t = time.perf_counter()
-            result = reg.register(moving, fixed, **options)
-            moved_seg = reg.warp_labels(seg, result.warp)
-            return moved_seg, result.warp, time.perf_counter() - t
-
-        rows, folding, seconds = [], [], []
-
-        if atlas_mode:
-            warped = {}
-            for name, vol, seg in scans:
-                moved_seg, warp, sec = register(vol, atlas, seg)
-                seconds.append(sec)
-                folding.append(folding_fraction(warp))
-                warped[name] = (seg, moved_seg)
-                _score(rows, f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels)
-                _score(rows, f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, atlas_tissue_labels)
-            for a, b in itertools.combinations(warped, 2):
-                common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
-                _score(rows, f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)
-                _score(rows, f'{a}~{b} (atlas space)', 'model', warped[a][1], warped[b][1], common)
+    files = list_volumes(args.data_dir, args.test_list)
+    scans = []
+    for f in files:
+        if os.path.isdir(f):
+            # a FreeSurfer subject as it is: prepared here (talairach.xfm, or the affine alignment)
+            from ..prepare import is_freesurfer_subject, prepare_freesurfer_subject
+            if not is_freesurfer_subject(f):
+                fail(f'{f}: a folder, but not a FreeSurfer subject (no brainmask.mgz inside)')
+            prepared = prepare_freesurfer_subject(f)
+            vol, seg = prepared['vol'], prepared['seg']
         else:
-            peer = _ants_syn if args.peers else None
-            for pair, (va, sa), (vb, sb) in _scan_pairs(scans, args.invert_contrast, args.synthetic):
-                common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
-                moved_seg, warp, sec = register(va, vb, sa)
-                seconds.append(sec)
-                folding.append(folding_fraction(warp))
-                _score(rows, pair, 'affine', sa, sb, common)
-                _score(rows, pair, 'model', moved_seg, sb, common)
-                print(f'{pair}: model {_pair_mean(rows, pair, "model"):.3f} '
-                      f'(affine {_pair_mean(rows, pair, "affine"):.3f}), {sec:.1f} s', flush=True)
-                if peer is not None:
-                    peer_seg, peer_sec = peer(va, vb, sa)
-                    _score(rows, pair, 'ants', peer_seg, sb, common)
-                    peer_seconds.append(peer_sec)
-                    print(f'{pair}: ANTs SyN {_pair_mean(rows, pair, "ants"):.3f}, {peer_sec:.1f} s', flush=True)
+            vol = load_volfile(f, check_finite=True)
+            seg = load_volfile(f, key='seg')
+        if seg.shape != vol.shape:
+            fail(f'{f}: seg shape {seg.shape} differs from vol {vol.shape}')
+        name = os.path.basename(os.path.normpath(f)) if os.path.isdir(f) else os.path.splitext(os.path.basename(f))[0]
+        scans.append((name, vol.astype(np.float32), seg.astype(np.int32)))
+    model = modelio.load_model(args.model)
+    inshape = tuple(model.inputs[0].shape[1:-1])
+    labels = list(args.labels or PAPER_LABELS)
+    present = set().union(*(np.unique(seg).tolist() for _, _, seg in scans))
+    if not present & set(labels):
+        fail(f'none of the labels {" ".join(map(str, labels))} is in the test scans\' seg maps '
+             f'(they hold {" ".join(map(str, sorted(present - {0})[:40]))})')
+    if isinstance(model, networks.TemplateCreation):
+        return _evaluate_template(args, model, inshape, scans, labels)
+    atlas_mode = args.atlas.lower() != 'none'
+    if atlas_mode:
+        atlas = load_volfile(args.atlas, check_finite=True).astype(np.float32)
+        atlas_seg = load_volfile(args.atlas, key='seg').astype(np.int32)
+        atlas_tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
+        if atlas.shape != inshape:
+            fail(f'{args.atlas}: shape {atlas.shape}, but the model {args.model} takes {inshape}; '
+                 "pass the atlas it was trained with (--atlas), or --atlas none for scan-to-scan pairs")
+    elif len(scans) < 2:
+        fail('scan-to-scan evaluation needs at least 2 test scans')
+    for name, vol, _ in scans:
+        if vol.shape != inshape:
+            fail(f'{name}: shape {vol.shape}, the model takes {inshape}')
+    if atlas_mode and (args.peers or args.invert_contrast or args.synthetic):
+        fail('--peers, --invert-contrast and --synthetic are for scan-to-scan evaluation (--atlas none)')
+    if args.peers and importlib.util.find_spec('ants') is None:
+        fail("--peers needs antspyx: pip install -e '.[peers]'")
+    peer_seconds = []
+    from ..registration import Registration
+    try:
+        reg = Registration(model)
+    except ValueError as err:
+        fail(f'{args.model}: {err}')
+    options = dict(optimize=args.optimize, cascade=args.cascade)
+    if args.optimize_lambda is not None:
+        options['lam'] = args.optimize_lambda
 
-        title = '30 structures' + (' (atlas space, pairs of test scans)' if atlas_mode else '')
-        report = _report(rows, labels, folding, seconds, title, args.model, peer_seconds=peer_seconds,
-                         options=options)
-        print(report)
-        if args.out_dir:
-            _write_outputs(args.out_dir, rows, report, labels)
-        return 0
+    def register(moving, fixed, seg):
+        t = time.perf_counter()
+        result = reg.register(moving, fixed, **options)
+        moved_seg = reg.warp_labels(seg, result.warp)
+        return moved_seg, result.warp, time.perf_counter() - t
 
-    return run(body)
+    rows, folding, seconds = [], [], []
+
+    if atlas_mode:
+        warped = {}
+        for name, vol, seg in scans:
+            moved_seg, warp, sec = register(vol, atlas, seg)
+            seconds.append(sec)
+            folding.append(folding_fraction(warp))
+            warped[name] = (seg, moved_seg)
+            _score(rows, f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels)
+            _score(rows, f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, atlas_tissue_labels)
+        for a, b in itertools.combinations(warped, 2):
+            common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
+            _score(rows, f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)
+            _score(rows, f'{a}~{b} (atlas space)', 'model', warped[a][1], warped[b][1], common)
+    else:
+        peer = _ants_syn if args.peers else None
+        for pair, (va, sa), (vb, sb) in _scan_pairs(scans, args.invert_contrast, args.synthetic):
+            common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
+            moved_seg, warp, sec = register(va, vb, sa)
+            seconds.append(sec)
+            folding.append(folding_fraction(warp))
+            _score(rows, pair, 'affine', sa, sb, common)
+            _score(rows, pair, 'model', moved_seg, sb, common)
+            print(f'{pair}: model {_pair_mean(rows, pair, "model"):.3f} '
+                  f'(affine {_pair_mean(rows, pair, "affine"):.3f}), {sec:.1f} s', flush=True)
+            if peer is not None:
+                peer_seg, peer_sec = peer(va, vb, sa)
+                _score(rows, pair, 'ants', peer_seg, sb, common)
+                peer_seconds.append(peer_sec)
+                print(f'{pair}: ANTs SyN {_pair_mean(rows, pair, "ants"):.3f}, {peer_sec:.1f} s', flush=True)
+
+    title = '30 structures' + (' (atlas space, pairs of test scans)' if atlas_mode else '')
+    report = _report(rows, labels, folding, seconds, title, args.model, peer_seconds=peer_seconds,
+                     options=options)
+    print(report)
+    if args.out_dir:
+        _write_outputs(args.out_dir, rows, report, labels)
+    return 0
+
 
 
 def _pair_mean(rows, pair, method):

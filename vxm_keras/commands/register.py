@@ -39,8 +39,9 @@ import time
 
 import numpy as np
 
-from ..cli import check_outputs, fail, run, same_path, setup_device
-
+from ..cli import (check_outputs, check_registration, device_options, execute, fail, overwrite_option,
+                   registration_options, same_path, setup_device)
+from ..errors import UserError
 from ..shipped import DEFAULT_ATLAS as DEFAULT_FIXED, DEFAULT_MODEL
 
 
@@ -52,7 +53,8 @@ DEFAULT_OPTIMIZE = 25
 
 def build_parser():
     p = argparse.ArgumentParser(prog='register.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[registration_options(DEFAULT_OPTIMIZE), overwrite_option(), device_options()])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--moving', help='moving scan (.npz/.npy/.nii/.nii.gz/.mgz), or a folder of scans')
     src.add_argument('--moving-list', dest='moving_list', help='text file, one moving scan per line')
@@ -78,16 +80,6 @@ def build_parser():
                    help='batch mode: folder for <name>_moved.<ext> (and <name>_warp.<ext>) outputs')
     p.add_argument('--save-warp', dest='save_warp', action='store_true', help='batch mode: also write the warps')
     p.add_argument('--resume', action='store_true', help='batch mode: skip scans whose outputs exist')
-    p.add_argument('--overwrite', action='store_true', help='replace existing outputs')
-    p.add_argument('--optimize', type=int, default=DEFAULT_OPTIMIZE, metavar='N',
-                   help='refine the predicted field on the pair with N Adam steps of the training loss '
-                        '(instance-specific optimisation, TMI 2019) on the pair at half resolution; default '
-                        f'{DEFAULT_OPTIMIZE} (about 4 s on 2 CPU cores at 160x192x224), 0 for the network alone. '
-                        'Dice and seconds against N: models/README.md')
-    p.add_argument('--optimize-lambda', dest='optimize_lambda', type=float, default=None,
-                   help='smoothness weight of that refinement (default 4: folding stays far below 0.5 %%)')
-    p.add_argument('--cascade', type=int, default=1, metavar='K',
-                   help='apply the network K times, each on the previous result, composing the fields')
     p.add_argument('--affine', choices=('auto', 'on', 'off'), default='auto',
                    help='affine alignment first: auto (default) for scans not on the model grid, on for every '
                         'scan, off never (scans must then be on the grid)')
@@ -106,11 +98,7 @@ def build_parser():
                    help='output: the affine part alone as an ITK text transform (.txt), fixed to moving')
     p.add_argument('--xla', action='store_true',
                    help='compile the prediction with XLA (slower on CPUs, see bench/RESULTS.md; try it on GPUs)')
-    p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
-    p.add_argument('--gpu', default=None, help="GPU id ('-1' or absent: CPU)")
     return p
-
-
 
 
 def _inputs(args):
@@ -142,7 +130,7 @@ def _load_seg(path):
 
 def _engine(args, fixed_path, fixed):
     """The registration engine for ``--model``, checked against the fixed scan."""
-    from ..cli import UserError, start_tensorflow
+    from ..cli import start_tensorflow
     start_tensorflow()
     from ..registration import Registration
     reg = Registration(args.model, xla=args.xla)
@@ -161,7 +149,6 @@ def _engine(args, fixed_path, fixed):
 
 
 def _check_pair(reg, path, vol, fixed_path, fixed):
-    from ..cli import UserError
     if vol.ndim == fixed.ndim and vol.shape != fixed.shape:
         raise UserError(f'{path}: shape {vol.shape} differs from the fixed scan {fixed_path} {fixed.shape}')
     try:
@@ -187,7 +174,6 @@ def _warn_range(name, vol):
 def _grid(reg, fixed_path, fixed_shape):
     """The model grid's affine and a way to read the reference that fixed scans off the grid
     are aligned to (the default atlas)."""
-    from ..cli import UserError
     from ..io import load_volfile
     from ..prepare import TARGET_AFFINE, TARGET_SHAPE
     if tuple(reg.inshape) == TARGET_SHAPE:
@@ -324,7 +310,6 @@ def _single(args):
 def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placement=None, name=None):
     """Register one moving array (with its affine) to the fixed scan through the model grid;
     returns :class:`vxm_keras.native.NativeResult` with ``t_load`` (when the pair was ready)."""
-    from ..cli import UserError
     from ..native import AlignmentError, Scan, on_grid, register_scans
     name = name or args.moving
     grid_affine, reference = _grid(reg, args.fixed, fixed.shape)
@@ -423,7 +408,6 @@ def _batch(args):
     """Register many scans: a reader thread loads ahead, a writer thread saves behind."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..cli import UserError
     from ..io import atomic_path, load_volfile, save_volfile
 
     if args.out_dir is None:
@@ -514,7 +498,7 @@ def _batch(args):
                 result = _register_one(args, reg, vol, affine, fixed, fixed_affine, fixed_placement, name=path)
                 fixed_placement = result.fixed  # the fixed scan is aligned once
                 pending_writes.append((path, writer.submit(write, outs, result, affine)))
-            except (ValueError, OSError, UserError) as err:
+            except (ValueError, OSError) as err:  # UserError included: one bad scan does not stop the batch
                 failed.append(path)
                 print(f'\nerror: {err}', file=sys.stderr)
             bar.update(n + 1)
@@ -532,19 +516,16 @@ def _batch(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    return execute(run, build_parser().parse_args(argv))
+
+
+def run(args):
+    """Register as the command line says (``args`` from :func:`build_parser`); returns the exit
+    code (batch mode: 1 if any scan failed)."""
     setup_device(args.gpu, args.verbose)
+    check_registration(args)
     batch = args.moving_list is not None or (args.moving is not None and os.path.isdir(args.moving))
-
-    if args.optimize < 0 or args.cascade < 1:
-        fail(f'--optimize must be >= 0 and --cascade >= 1, got {args.optimize} and {args.cascade}')
-    if args.optimize_lambda is not None and not args.optimize_lambda >= 0:
-        fail(f'--optimize-lambda must be >= 0, got {args.optimize_lambda}')
-
-    def body():
-        return _batch(args) if batch else _single(args)
-
-    return run(body)
+    return _batch(args) if batch else _single(args)
 
 
 if __name__ == '__main__':

@@ -13,42 +13,26 @@ import re
 import sys
 import tempfile
 
-from ..cli import check_schedule, fail, run, setup_device, start_tensorflow
+from ..cli import (check_schedule, device_options, execute, fail, schedule_options, setup_device, start_tensorflow,
+                   training_data_options)
 
 from ..shipped import DEFAULT_ATLAS
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog='train.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of prepared .npz scans')
-    data.add_argument('--train-list', '--train_list', dest='train_list', help='text file, one scan path per line')
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[training_data_options(), schedule_options(), device_options()])
     p.add_argument('--atlas', '--atlas_file', dest='atlas', default=DEFAULT_ATLAS,
                    help="fixed image for scan-to-atlas training (default data/atlas.npz); 'none' for scan-to-scan")
     p.add_argument('--model', default='vm2', choices=['vm1', 'vm2', 'vm2diff'],
                    help='vm1, vm2 (CVPR 2018 / TMI 2019), or vm2diff (probabilistic diffeomorphic, MICCAI 2018)')
-    p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
-    p.add_argument('--gpu', default=None, help="GPU id or comma list ('-1' or absent: CPU)")
     p.add_argument('--image-loss', '--image_loss', dest='image_loss', default='ncc', choices=['ncc', 'mse'])
     p.add_argument('--lambda', '--reg_param', dest='lam', type=float, default=None,
                    help='smoothness weight (default 1.0 for ncc, 0.01 for mse)')
-    p.add_argument('--lr', type=float, default=1e-4)
-    p.add_argument('--epochs', type=int, default=1500)
-    p.add_argument('--steps-per-epoch', '--steps_per_epoch', dest='steps_per_epoch', type=int, default=100)
-    p.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=1)
-    p.add_argument('--model-dir', '--model_dir', dest='model_dir', default='runs/train',
-                   help='where checkpoints and the log go (default runs/train)')
-    p.add_argument('--overwrite', action='store_true',
-                   help='replace the run in --model-dir (a new run: its checkpoints and log; a resumed run: '
-                        'the checkpoints after the one resumed from)')
-    p.add_argument('--load-model', '--load_model_file', dest='load_model', default=None,
-                   help='resume from this .h5')
     p.add_argument('--init-weights', dest='init_weights', default=None,
                    help='start a new model from the weights of this trained model, layer by layer where '
                         'names and shapes match (e.g. a VM-2 .h5 for a vm2diff run); the rest starts fresh')
-    p.add_argument('--initial-epoch', '--initial_epoch', dest='initial_epoch', type=int, default=None)
-    p.add_argument('--seed', type=int, default=None)
     p.add_argument('--int-steps', '--int_steps', dest='int_steps', type=int, default=0,
                    help='scaling-and-squaring steps (0: plain displacement; 7: diffeomorphic)')
     p.add_argument('--int-downsize', dest='int_downsize', type=int, default=1)
@@ -82,6 +66,7 @@ def build_parser():
                         "where it measured slower, see bench/RESULTS.md), 'on' or 'off'")
     p.add_argument('--tensorboard', action='store_true', help='also log to <model-dir>/tensorboard')
     return p
+
 
 
 def _strategy(tf, n_gpus):
@@ -119,20 +104,52 @@ def _losses(args, model, lam):
 
 def _targets_for(model, seg_factor=1):
     """Map the generators' ``(inputs, (fixed, zeros[, fixed_seg]))`` to the registration
-    model's outputs: the dummy zeros take the shape of its last output (the field the
-    regulariser sees), a bidirectional model also gets the moving image as target, and the
-    fixed labels are subsampled by ``seg_factor`` (a coarse auxiliary Dice loss)."""
-    import tensorflow as tf
-    field_shape = list(model.outputs[-1].shape[1:])
+    model's outputs: a bidirectional model also gets the moving image as target, and the
+    fixed labels are subsampled by ``seg_factor`` (a coarse auxiliary Dice loss). The dummy
+    zeros already have the model's shape (:func:`generators.zeros_shape`)."""
     bidir = len(model.outputs) == 3
+    if not bidir and seg_factor == 1:
+        return None
 
     def fn(inputs, targets):
-        moving = inputs[0]
-        zeros = tf.zeros(tf.concat([tf.shape(moving)[:1], field_shape], 0))
         segs = [t[(slice(None), *[slice(None, None, seg_factor)] * (len(t.shape) - 2), slice(None))]
                 for t in targets[2:]]
-        return inputs, (targets[0], *([moving] if bidir else []), zeros, *segs)
+        return inputs, (targets[0], *([inputs[0]] if bidir else []), targets[1], *segs)
     return fn
+
+
+def _make_model(args, inshape):
+    """The model to train: loaded from ``--load-model``, or built and optionally started from
+    ``--init-weights``. A loaded file decides the architecture (``args.model`` follows it)."""
+    from .. import modelio, networks
+    if args.load_model:
+        model = modelio.load_model(args.load_model)
+        if tuple(model.inputs[0].shape[1:-1]) != tuple(inshape):
+            fail(f'{args.load_model}: model input {tuple(model.inputs[0].shape[1:-1])} '
+                 f'does not match the data {tuple(inshape)}')
+        if isinstance(model, networks.VxmDenseProb):
+            args.model = 'vm2diff'
+        elif args.model == 'vm2diff':
+            fail(f'{args.load_model}: not a vm2diff model')
+        return model
+    try:
+        if args.model == 'vm2diff':
+            model = networks.vm2diff(inshape, int_steps=args.int_steps or 7, bidir=args.bidir,
+                                     unet_downsize=args.unet_downsize)
+        else:
+            build = networks.vm1 if args.model == 'vm1' else networks.vm2
+            model = build(inshape, int_steps=args.int_steps, int_downsize=args.int_downsize,
+                          unet_downsize=args.unet_downsize)
+    except ValueError as err:
+        fail(str(err))
+    if args.init_weights:
+        source = modelio.load_model(args.init_weights)
+        copied, skipped = modelio.transfer_weights(source, model)
+        if not copied:
+            fail(f'{args.init_weights}: no layer matches the new model by name and shape')
+        print(f'weights from {args.init_weights}: {len(copied)} layers copied ({", ".join(copied)}); '
+              f'{len(skipped)} start fresh ({", ".join(skipped) or "none"})', flush=True)
+    return model
 
 
 def _load_segs(args, files, atlas_path, shape):
@@ -169,173 +186,141 @@ def _load_segs(args, files, atlas_path, shape):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    return execute(run, build_parser().parse_args(argv))
+
+
+def run(args):
+    """Train as the command line says (``args`` from :func:`build_parser`); returns the exit code."""
     n_gpus = setup_device(args.gpu, args.verbose)
     lam = args.lam if args.lam is not None else (1.0 if args.image_loss == 'ncc' else 0.01)
     initial_epoch = check_schedule(args)
+    start_tensorflow()
+    import keras
+    import numpy as np
+    import tensorflow as tf
 
-    def body():
-        start_tensorflow()
-        import keras
-        import numpy as np
-        import tensorflow as tf
+    from .. import generators, losses, networks
+    from ..callbacks import AtomicCheckpoint, load_optimizer_state
+    from ..io import load_volfile
 
-        from .. import generators, losses, modelio, networks
-        from ..callbacks import AtomicCheckpoint, load_optimizer_state
-        from ..io import load_volfile
+    if args.seed is not None:
+        keras.utils.set_random_seed(args.seed)
+        tf.config.experimental.enable_op_determinism()
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy('mixed_float16')
+    files = generators.list_volumes(args.data_dir, args.train_list)
+    atlas = None
+    if args.atlas.lower() != 'none':
+        atlas = load_volfile(args.atlas, check_finite=True)
+        if atlas.ndim not in (2, 3):
+            fail(f'{args.atlas}: expected a 2-D or 3-D atlas, got shape {atlas.shape}')
+    if atlas is None and len(files) < 2:
+        fail(f'scan-to-scan training (--atlas none) needs at least 2 scans, got {len(files)} '
+             f'({files[0]}); give more scans or an atlas')
+    vols = generators.load_volumes(files, shape=None if atlas is None else atlas.shape)
+    inshape = vols.shape[1:]
+    print(f'{len(files)} training scans of shape {inshape}; '
+          f'{"atlas " + args.atlas if atlas is not None else "scan-to-scan pairs"}', flush=True)
 
-        if args.seed is not None:
-            keras.utils.set_random_seed(args.seed)
-            tf.config.experimental.enable_op_determinism()
-        if args.mixed_precision:
-            keras.mixed_precision.set_global_policy('mixed_float16')
-        files = generators.list_volumes(args.data_dir, args.train_list)
-        atlas = None
-        if args.atlas.lower() != 'none':
-            atlas = load_volfile(args.atlas, check_finite=True)
-            if atlas.ndim not in (2, 3):
-                fail(f'{args.atlas}: expected a 2-D or 3-D atlas, got shape {atlas.shape}')
-        if atlas is None and len(files) < 2:
-            fail(f'scan-to-scan training (--atlas none) needs at least 2 scans, got {len(files)} '
-                 f'({files[0]}); give more scans or an atlas')
-        vols = generators.load_volumes(files, shape=None if atlas is None else atlas.shape)
-        inshape = vols.shape[1:]
-        print(f'{len(files)} training scans of shape {inshape}; '
-              f'{"atlas " + args.atlas if atlas is not None else "scan-to-scan pairs"}', flush=True)
+    segs = atlas_seg = seg_labels = None
+    if args.synth and args.seg_weight <= 0:
+        args.seg_weight = 1.0
+    if args.synth and atlas is not None:
+        fail('--synth trains on pairs drawn from label maps: use it with --atlas none')
+    if args.seg_weight > 0:
+        segs, atlas_seg, seg_labels = _load_segs(args, files, None if atlas is None else args.atlas, inshape)
+        print(f'auxiliary Dice loss (weight {args.seg_weight}) on labels {seg_labels}', flush=True)
+    if args.synth:
+        from ..synth import load_label_maps
+        maps = load_label_maps(args.synth, inshape)
+        segs = np.concatenate([segs, maps])
+        # the generator's images are replaced by synthetic ones: the label maps stand in
+        vols = segs.astype(np.float32)
+        print(f'synthesis: {len(maps)} label maps from {args.synth} and {len(files)} training seg maps',
+              flush=True)
 
-        segs = atlas_seg = seg_labels = None
-        if args.synth and args.seg_weight <= 0:
-            args.seg_weight = 1.0
-        if args.synth and atlas is not None:
-            fail('--synth trains on pairs drawn from label maps: use it with --atlas none')
+    strategy, is_chief = _strategy(tf, n_gpus)
+    if args.batch_size % strategy.num_replicas_in_sync:
+        fail(f'--batch-size {args.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
+             'replicas training together (it is the global batch)')
+    if strategy.num_replicas_in_sync > 1:
+        print(f'training on {strategy.num_replicas_in_sync} replicas with {type(strategy).__name__}',
+              flush=True)
+    with strategy.scope():
+        model = _make_model(args, inshape)
+        loss_fns, loss_weights = _losses(args, model, lam)
+        if args.synth:  # synthetic contrasts differ by design: only the labels are compared
+            loss_weights[0] = 0.0
+        trained = model
+        seg_factor = 1
         if args.seg_weight > 0:
-            segs, atlas_seg, seg_labels = _load_segs(args, files, None if atlas is None else args.atlas, inshape)
-            print(f'auxiliary Dice loss (weight {args.seg_weight}) on labels {seg_labels}', flush=True)
+            coarse = not args.seg_full_res and model.field_factor > 1 and not model.diffeomorphic
+            seg_factor = model.field_factor if coarse else 1
+            trained = networks.seg_supervised(model, seg_labels, coarse=coarse)
+            loss_fns.append(losses.Dice(labels=seg_labels))
+            loss_weights.append(args.seg_weight)
+        trained.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights,
+                        jit_compile={'auto': 'auto', 'on': True, 'off': False}[args.xla])
+        if args.load_model:
+            restored = load_optimizer_state(trained, args.load_model)
+            if restored:
+                # the checkpoint's learning rate is part of the state; --lr wins
+                trained.optimizer.learning_rate.assign(args.lr)
+            print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
+                  f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
+
+    # each worker of a multi-worker run draws its own pairs; batch k is the same whether the
+    # run went straight through or was resumed (with --seed, across processes too)
+    worker = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', None) or 0
+    sampler = generators.Sampler(args.seed, start=initial_epoch * args.steps_per_epoch, worker=worker)
+    shapes = generators.zeros_shape(model)
+    if atlas is None:
+        gen = generators.scan_to_scan(vols, args.batch_size, sampler=sampler, segs=segs, **shapes)
+    else:
+        gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, sampler=sampler,
+                                       segs=segs, atlas_seg=atlas_seg, **shapes)
+    dataset = generators.as_dataset(gen)
+    if args.synth or args.augment:
         if args.synth:
-            from ..synth import load_label_maps
-            maps = load_label_maps(args.synth, inshape)
-            segs = np.concatenate([segs, maps])
-            # the generator's images are replaced by synthetic ones: the label maps stand in
-            vols = segs.astype(np.float32)
-            print(f'synthesis: {len(maps)} label maps from {args.synth} and {len(files)} training seg maps',
-                  flush=True)
-
-        strategy, is_chief = _strategy(tf, n_gpus)
-        if args.batch_size % strategy.num_replicas_in_sync:
-            fail(f'--batch-size {args.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
-                 'replicas training together (it is the global batch)')
-        if strategy.num_replicas_in_sync > 1:
-            print(f'training on {strategy.num_replicas_in_sync} replicas with {type(strategy).__name__}',
-                  flush=True)
-        with strategy.scope():
-            if args.load_model:
-                model = modelio.load_model(args.load_model)
-                if tuple(model.inputs[0].shape[1:-1]) != tuple(inshape):
-                    fail(f'{args.load_model}: model input {tuple(model.inputs[0].shape[1:-1])} '
-                         f'does not match the data {tuple(inshape)}')
-                # the file decides the architecture, and with it the losses
-                args.model = 'vm2diff' if isinstance(model, networks.VxmDenseProb) else args.model
-                if args.model == 'vm2diff' and not isinstance(model, networks.VxmDenseProb):
-                    fail(f'{args.load_model}: not a vm2diff model')
-            else:
-                try:
-                    if args.model == 'vm2diff':
-                        model = networks.vm2diff(inshape, int_steps=args.int_steps or 7, bidir=args.bidir,
-                                                 unet_downsize=args.unet_downsize)
-                    else:
-                        build = networks.vm1 if args.model == 'vm1' else networks.vm2
-                        model = build(inshape, int_steps=args.int_steps, int_downsize=args.int_downsize,
-                                      unet_downsize=args.unet_downsize)
-                except ValueError as err:
-                    fail(str(err))
-                if args.init_weights:
-                    try:
-                        source = modelio.load_model(args.init_weights)
-                    except (FileNotFoundError, ValueError) as err:
-                        fail(str(err))
-                    copied, skipped = modelio.transfer_weights(source, model)
-                    if not copied:
-                        fail(f'{args.init_weights}: no layer matches the new model by name and shape')
-                    print(f'weights from {args.init_weights}: {len(copied)} layers copied ({", ".join(copied)}); '
-                          f'{len(skipped)} start fresh ({", ".join(skipped) or "none"})', flush=True)
-                    del source
-            loss_fns, loss_weights = _losses(args, model, lam)
-            if args.synth:  # synthetic contrasts differ by design: only the labels are compared
-                loss_weights[0] = 0.0
-            trained = model
-            seg_factor = 1
-            if args.seg_weight > 0:
-                coarse = not args.seg_full_res and model.field_factor > 1 and not model.diffeomorphic
-                seg_factor = model.field_factor if coarse else 1
-                trained = networks.seg_supervised(model, seg_labels, coarse=coarse)
-                loss_fns.append(losses.Dice(labels=seg_labels))
-                loss_weights.append(args.seg_weight)
-            trained.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights,
-                            jit_compile={'auto': 'auto', 'on': True, 'off': False}[args.xla])
-            if args.load_model:
-                restored = load_optimizer_state(trained, args.load_model)
-                if restored:
-                    # the checkpoint's learning rate is part of the state; --lr wins
-                    trained.optimizer.learning_rate.assign(args.lr)
-                print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
-                      f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
-
-        # each worker of a multi-worker run draws its own pairs; with --seed, batch k is the
-        # same whether the run went straight through or was resumed
-        worker = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', None) or 0
-        sampling = dict(seed=None if args.seed is None else [args.seed, worker],
-                        start=initial_epoch * args.steps_per_epoch)
-        if atlas is None:
-            gen = generators.scan_to_scan(vols, args.batch_size, segs=segs, **sampling)
+            from ..synth import pair_synthesizer as per_batch
         else:
-            gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, segs=segs,
-                                           atlas_seg=atlas_seg, **sampling)
-        dataset = generators.as_dataset(gen)
-        if args.synth:
-            from ..synth import pair_synthesizer
-            dataset = dataset.enumerate(start=sampling['start']).map(
-                pair_synthesizer((args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31))
-                                 + 7919 * worker)).prefetch(1)
-        elif args.augment:
-            from ..augment import pair_augmenter
-            # batch k gets the augmentation drawn from (seed, k), resumed runs included
-            dataset = dataset.enumerate(start=sampling['start']).map(
-                pair_augmenter((args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31))
-                               + 7919 * worker)).prefetch(1)
-        dataset = dataset.map(_targets_for(model, seg_factor))
-        if strategy.num_replicas_in_sync > 1:
-            # every worker draws its own random pairs; nothing to shard
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-            dataset = dataset.with_options(options)
+            from ..augment import pair_augmenter as per_batch
+        # batch k gets the draw keyed by (seed, k), resumed runs included
+        dataset = dataset.enumerate(start=sampler.start).map(per_batch(sampler.map_seed)).prefetch(1)
+    to_targets = _targets_for(model, seg_factor)
+    if to_targets is not None:
+        dataset = dataset.map(to_targets)
+    if strategy.num_replicas_in_sync > 1:
+        # every worker draws its own random pairs; nothing to shard
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        dataset = dataset.with_options(options)
 
-        # only the chief writes checkpoints and logs; other workers keep theirs in a scratch folder
-        out_dir = args.model_dir if is_chief else tempfile.mkdtemp(prefix='vxm_worker_')
-        os.makedirs(out_dir, exist_ok=True)
-        callbacks = [
-            keras.callbacks.TerminateOnNaN(),
-            AtomicCheckpoint(os.path.join(out_dir, '{epoch:04d}.h5'), save_model=model),
-            keras.callbacks.CSVLogger(os.path.join(out_dir, 'training_log.csv'),
-                                      append=initial_epoch > 0),
-        ]
-        if args.tensorboard and is_chief:
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.model_dir, 'tensorboard')))
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            from ..training import fit_distributed
-            per_sample = [type(fn).from_config(dict(fn.get_config(), reduction=None)) for fn in loss_fns]
-            fit_distributed(trained, dataset, strategy, per_sample, loss_weights, args.batch_size, args.epochs,
-                            args.steps_per_epoch, initial_epoch, callbacks, verbose=1 if is_chief else 0)
-        else:
-            trained.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                        initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
-        if trained.stop_training:  # only TerminateOnNaN stops a run early
-            good = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r'\d{4}\.h5', f))
-            fail('training stopped: the loss became NaN or Inf; '
-                 + (f'the last good checkpoint is {os.path.join(out_dir, good[-1])}' if good
-                    else 'no checkpoint was written'))
-        return 0
-
-    return run(body)
+    # only the chief writes checkpoints and logs; other workers keep theirs in a scratch folder
+    out_dir = args.model_dir if is_chief else tempfile.mkdtemp(prefix='vxm_worker_')
+    os.makedirs(out_dir, exist_ok=True)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        AtomicCheckpoint(os.path.join(out_dir, '{epoch:04d}.h5'), save_model=model),
+        keras.callbacks.CSVLogger(os.path.join(out_dir, 'training_log.csv'),
+                                  append=initial_epoch > 0),
+    ]
+    if args.tensorboard and is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.model_dir, 'tensorboard')))
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from ..training import fit_distributed
+        per_sample = [type(fn).from_config(dict(fn.get_config(), reduction=None)) for fn in loss_fns]
+        fit_distributed(trained, dataset, strategy, per_sample, loss_weights, args.batch_size, args.epochs,
+                        args.steps_per_epoch, initial_epoch, callbacks, verbose=1 if is_chief else 0)
+    else:
+        trained.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                    initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
+    if trained.stop_training:  # only TerminateOnNaN stops a run early
+        good = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r'\d{4}\.h5', f))
+        fail('training stopped: the loss became NaN or Inf; '
+             + (f'the last good checkpoint is {os.path.join(out_dir, good[-1])}' if good
+                else 'no checkpoint was written'))
+    return 0
 
 
 if __name__ == '__main__':

@@ -28,16 +28,16 @@ import csv
 import os
 import sys
 
-from ..cli import check_schedule, fail, run, setup_device, start_tensorflow
+from ..cli import (check_schedule, device_options, execute, fail, schedule_options, setup_device, start_tensorflow,
+                   training_data_options)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog='train_template.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of prepared .npz scans')
-    data.add_argument('--train-list', '--train_list', dest='train_list', help='text file, one scan per line')
-    data.add_argument('--fashion-mnist', dest='fashion_mnist', help='folder with the Fashion-MNIST IDX files')
+    p = argparse.ArgumentParser(
+        prog='train_template.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[training_data_options(('--fashion-mnist', 'folder with the Fashion-MNIST IDX files')),
+                 schedule_options(), device_options()])
+    p.set_defaults(lr=1e-3, epochs=20, batch_size=8, model_dir='runs/template')
     p.add_argument('--attributes', help='CSV: file name, then one numeric column per attribute')
     p.add_argument('--condition', default='none', choices=['none', 'class', 'class+scale'],
                    help='Fashion-MNIST: what the template is conditioned on')
@@ -52,19 +52,6 @@ def build_parser():
     p.add_argument('--lambda-a', dest='lambda_a', type=float, default=1.0, help='smoothness weight')
     p.add_argument('--int-steps', dest='int_steps', type=int, default=7)
     p.add_argument('--int-downsize', dest='int_downsize', type=int, default=2)
-    p.add_argument('--lr', type=float, default=1e-3)
-    p.add_argument('--epochs', type=int, default=20)
-    p.add_argument('--steps-per-epoch', dest='steps_per_epoch', type=int, default=100)
-    p.add_argument('--batch-size', dest='batch_size', type=int, default=8)
-    p.add_argument('--model-dir', dest='model_dir', default='runs/template')
-    p.add_argument('--overwrite', action='store_true',
-                   help='replace the run in --model-dir (a new run: its checkpoints and log; a resumed run: '
-                        'the checkpoints after the one resumed from)')
-    p.add_argument('--load-model', dest='load_model', default=None, help='resume from this .h5')
-    p.add_argument('--initial-epoch', dest='initial_epoch', type=int, default=None)
-    p.add_argument('--seed', type=int, default=None)
-    p.add_argument('--verbose', action='store_true', help="show TensorFlow's start-up messages")
-    p.add_argument('--gpu', default=None)
     return p
 
 
@@ -121,110 +108,114 @@ def _read_attributes(path, files):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    return execute(run, build_parser().parse_args(argv))
+
+
+def run(args):
+    """Train a template as the command line says (``args`` from :func:`build_parser`); returns the
+    exit code."""
     setup_device(args.gpu, args.verbose)
     initial_epoch = check_schedule(args)
+    start_tensorflow()
+    import keras
+    import numpy as np
 
-    def body():
-        start_tensorflow()
-        import keras
-        import numpy as np
+    from .. import generators, losses, modelio, networks
+    from ..callbacks import AtomicCheckpoint
+    from ..io import atomic_path, load_volfile, save_volfile
 
-        from .. import generators, losses, modelio, networks
-        from ..callbacks import AtomicCheckpoint
-        from ..io import atomic_path, load_volfile, save_volfile
-
-        if args.seed is not None:
-            keras.utils.set_random_seed(args.seed)
-        rng = np.random.default_rng(args.seed)
-        labels = None
-        if args.fashion_mnist:
-            images, labels, attributes = fashion_mnist(args.fashion_mnist, args.condition, args.n_images,
-                                                       args.scale_range, rng)
-        else:
-            files = generators.list_volumes(args.data_dir, args.train_list)
-            images = generators.load_volumes(files)
-            if args.downsize > 1:
-                from ..templates import downsize_images
-                try:
-                    images = downsize_images(images, args.downsize)
-                except ValueError as err:
-                    fail(f'--downsize: {err}')
-            attributes = _read_attributes(args.attributes, files) if args.attributes else None
-        inshape = images.shape[1:]
-        n_attr = 0 if attributes is None else attributes.shape[1]
-        print(f'{len(images)} images of shape {inshape}; '
-              f'{"conditional on " + str(n_attr) + " attributes" if n_attr else "unconditional"}', flush=True)
-        if args.load_model:
-            model = modelio.load_model(args.load_model)
-            if not isinstance(model, networks.TemplateCreation):
-                fail(f'{args.load_model}: not a template model (train_template.py writes those)')
-            if tuple(model.inshape) != tuple(inshape) or model.n_attributes != n_attr:
-                fail(f'{args.load_model}: a template of shape {tuple(model.inshape)} with {model.n_attributes} '
-                     f'attributes, the data has shape {tuple(inshape)} and {n_attr}')
-        else:
+    if args.seed is not None:
+        keras.utils.set_random_seed(args.seed)
+    labels = None
+    if args.fashion_mnist:
+        # the random zooms are part of the data: the same seed gives the same data when resumed
+        images, labels, attributes = fashion_mnist(args.fashion_mnist, args.condition, args.n_images,
+                                                   args.scale_range, np.random.default_rng(args.seed))
+    else:
+        files = generators.list_volumes(args.data_dir, args.train_list)
+        images = generators.load_volumes(files)
+        if args.downsize > 1:
+            from ..templates import downsize_images
             try:
-                model = networks.TemplateCreation(inshape, n_attributes=n_attr, int_steps=args.int_steps,
-                                                  int_downsize=args.int_downsize, template_init=images.mean(0))
+                images = downsize_images(images, args.downsize)
             except ValueError as err:
-                fail(str(err))
-        model.compile(optimizer=keras.optimizers.Adam(args.lr),
-                      loss=[losses.MSE(image_sigma=args.image_sigma), losses.MSE(),
-                            losses.DisplacementPenalty(args.lambda_d, args.lambda_a)],
-                      loss_weights=[1.0, args.gamma, 1.0])
-        vel_shape = tuple(model.outputs[2].shape[1:])
-        if args.load_model:
-            from ..callbacks import load_optimizer_state
-            restored = load_optimizer_state(model, args.load_model)
-            print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
-                  f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
+                fail(f'--downsize: {err}')
+        attributes = _read_attributes(args.attributes, files) if args.attributes else None
+    inshape = images.shape[1:]
+    n_attr = 0 if attributes is None else attributes.shape[1]
+    print(f'{len(images)} images of shape {inshape}; '
+          f'{"conditional on " + str(n_attr) + " attributes" if n_attr else "unconditional"}', flush=True)
+    if args.load_model:
+        model = modelio.load_model(args.load_model)
+        if not isinstance(model, networks.TemplateCreation):
+            fail(f'{args.load_model}: not a template model (train_template.py writes those)')
+        if tuple(model.inshape) != tuple(inshape) or model.n_attributes != n_attr:
+            fail(f'{args.load_model}: a template of shape {tuple(model.inshape)} with {model.n_attributes} '
+                 f'attributes, the data has shape {tuple(inshape)} and {n_attr}')
+    else:
+        try:
+            model = networks.TemplateCreation(inshape, n_attributes=n_attr, int_steps=args.int_steps,
+                                              int_downsize=args.int_downsize, template_init=images.mean(0))
+        except ValueError as err:
+            fail(str(err))
+    model.compile(optimizer=keras.optimizers.Adam(args.lr),
+                  loss=[losses.MSE(image_sigma=args.image_sigma), losses.MSE(),
+                        losses.DisplacementPenalty(args.lambda_d, args.lambda_a)],
+                  loss_weights=[1.0, args.gamma, 1.0])
+    vel_shape = tuple(model.outputs[2].shape[1:])
+    if args.load_model:
+        from ..callbacks import load_optimizer_state
+        restored = load_optimizer_state(model, args.load_model)
+        print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
+              f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
 
-        def batches():
-            zeros = np.zeros((args.batch_size, *vel_shape), np.float32)
-            while True:
-                idx = rng.integers(0, len(images), args.batch_size)
-                x = images[idx][..., None]
-                inputs = (x, attributes[idx]) if n_attr else x
-                yield inputs, (x, zeros, zeros)
+    # the same sampler as train.py: batch k is the same whether the run was resumed or not
+    sampler = generators.Sampler(args.seed, start=initial_epoch * args.steps_per_epoch)
 
-        os.makedirs(args.model_dir, exist_ok=True)
-        model.fit(_dataset(batches, n_attr, inshape, vel_shape), initial_epoch=initial_epoch,
-                  epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, verbose=1, shuffle=False,
-                  callbacks=[keras.callbacks.TerminateOnNaN(),
-                             AtomicCheckpoint(os.path.join(args.model_dir, '{epoch:04d}.h5')),
-                             keras.callbacks.CSVLogger(os.path.join(args.model_dir, 'training_log.csv'),
-                                                       append=initial_epoch > 0)])
+    def batches():
+        zeros = np.zeros((args.batch_size, *vel_shape), np.float32)
+        for idx in sampler.indices(len(images), args.batch_size):
+            x = images[idx][..., None]
+            inputs = (x, attributes[idx]) if n_attr else x
+            yield inputs, (x, zeros, zeros)
 
-        out = os.path.join(args.model_dir, 'template.npz')
-        if n_attr:
-            grid_attrs, rows, cols = _attribute_grid(args, attributes, labels)
-            temps = model.templates(grid_attrs)
-            with atomic_path(out) as tmp, open(tmp, 'wb') as f:
-                np.savez_compressed(f, templates=temps, attributes=grid_attrs)
-            _grid_png(os.path.join(args.model_dir, 'templates.png'), temps, rows, cols)
+    os.makedirs(args.model_dir, exist_ok=True)
+    model.fit(_dataset(batches, n_attr, inshape, vel_shape), initial_epoch=initial_epoch,
+              epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, verbose=1, shuffle=False,
+              callbacks=[keras.callbacks.TerminateOnNaN(),
+                         AtomicCheckpoint(os.path.join(args.model_dir, '{epoch:04d}.h5')),
+                         keras.callbacks.CSVLogger(os.path.join(args.model_dir, 'training_log.csv'),
+                                                   append=initial_epoch > 0)])
+
+    out = os.path.join(args.model_dir, 'template.npz')
+    if n_attr:
+        grid_attrs, rows, cols = _attribute_grid(args, attributes, labels)
+        temps = model.templates(grid_attrs)
+        with atomic_path(out) as tmp, open(tmp, 'wb') as f:
+            np.savez_compressed(f, templates=temps, attributes=grid_attrs)
+        _grid_png(os.path.join(args.model_dir, 'templates.png'), temps, rows, cols)
+    else:
+        template = model.templates()
+        extra = None
+        if not args.fashion_mnist and _has_segs(files):
+            from ..templates import downsize_labels, template_segmentation
+            segs = np.stack([load_volfile(f, key='seg') for f in files])
+            segs = downsize_labels(segs, args.downsize)
+            extra = {'seg': template_segmentation(model, images, segs)}
+            print('template seg: the training scans\' labels warped to the template, per-voxel majority')
+        save_volfile(out, template, overwrite=True, extra=extra)
+        if template.ndim == 3:
+            save_volfile(os.path.join(args.model_dir, 'template.nii.gz'), template, overwrite=True)
+        png = os.path.join(args.model_dir, 'templates.png')
+        if template.ndim == 3:
+            from ..plot import save_figure_atomic, slices_figure
+            save_figure_atomic(png, slices_figure, [np.clip(template, 0, 1)], ['learned template'],
+                               segs=[extra['seg'] if extra else None])
         else:
-            template = model.templates()
-            extra = None
-            if not args.fashion_mnist and _has_segs(files):
-                from ..templates import downsize_labels, template_segmentation
-                segs = np.stack([load_volfile(f, key='seg') for f in files])
-                segs = downsize_labels(segs, args.downsize)
-                extra = {'seg': template_segmentation(model, images, segs)}
-                print('template seg: the training scans\' labels warped to the template, per-voxel majority')
-            save_volfile(out, template, overwrite=True, extra=extra)
-            if template.ndim == 3:
-                save_volfile(os.path.join(args.model_dir, 'template.nii.gz'), template, overwrite=True)
-            png = os.path.join(args.model_dir, 'templates.png')
-            if template.ndim == 3:
-                from ..plot import save_figure_atomic, slices_figure
-                save_figure_atomic(png, slices_figure, [np.clip(template, 0, 1)], ['learned template'],
-                                   segs=[extra['seg'] if extra else None])
-            else:
-                _grid_png(png, template[None], [''], [''])
-        print(f'wrote {out} and {os.path.join(args.model_dir, "templates.png")}')
-        return 0
+            _grid_png(png, template[None], [''], [''])
+    print(f'wrote {out} and {os.path.join(args.model_dir, "templates.png")}')
+    return 0
 
-    return run(body)
 
 
 def _has_segs(files):
