@@ -377,3 +377,22 @@ def test_training_scripts_check_the_schedule_before_loading_tensorflow(name, arg
     proc = script(name, '--data-dir', tmp_path, '--model-dir', tmp_path / 'run', *args, check=False)
     assert message in user_error(proc)
     assert not os.path.exists(tmp_path / 'run')
+
+
+def test_commands_run_in_process_and_report_user_errors(capsys, tmp_path):
+    """A command is callable from Python: ``main(argv)`` returns the exit code, and a user error is
+    one line on stderr with code 2, whichever command raised it."""
+    from vxm_keras.cli import UserError, execute
+    from vxm_keras.commands import evaluate, register, train
+
+    def bad(args):
+        raise UserError(f'{args}: not usable')
+    assert execute(bad, 'x.npz') == 2
+    assert capsys.readouterr().err == 'error: x.npz: not usable\n'
+    assert register.main(['--moving', 'm.npz', '--cascade', '0']) == 2
+    assert 'error: --optimize must be >= 0 and --cascade >= 1' in capsys.readouterr().err
+    assert evaluate.main(['--model', 'm.h5', '--data-dir', str(tmp_path), '--synthetic', '-2']) == 2
+    assert capsys.readouterr().err == 'error: --synthetic must be >= 0, got -2\n'
+    args = train.build_parser().parse_args(['--data-dir', str(tmp_path), '--epochs', '0'])
+    assert execute(train.run, args) == 2
+    assert capsys.readouterr().err == 'error: --epochs must be positive, got 0\n'

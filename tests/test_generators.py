@@ -48,3 +48,21 @@ def test_dataset_yields_generator_batches(rng):
         np.testing.assert_array_equal(m.numpy(), rm)
         np.testing.assert_array_equal(f.numpy(), rf)
         assert z.shape == (2, 8, 8, 2)
+
+
+def test_sampler_resumed_draws_what_a_straight_run_draws():
+    straight = generators.Sampler(seed=5).indices(10, 3)
+    draws = [next(straight) for _ in range(12)]
+    resumed = generators.Sampler(seed=5, start=7).indices(10, 3)
+    for k in range(7, 12):
+        np.testing.assert_array_equal(next(resumed), draws[k])
+    # another worker of the same run draws its own batches; the draws cover the items
+    other = generators.Sampler(seed=5, worker=1).indices(10, 3)
+    assert any(not np.array_equal(next(other), d) for d in draws)
+    assert set(np.concatenate(draws).tolist()) <= set(range(10)) and len(set(np.concatenate(draws).tolist())) > 5
+    # the scan-to-scan generator through the sampler: same pairs when resumed
+    vols = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 5, 5), np.float32)
+    gen = generators.scan_to_scan(vols, 2, sampler=generators.Sampler(seed=1))
+    firsts = [next(gen)[0][0][:, 0, 0, 0] for _ in range(4)]
+    gen = generators.scan_to_scan(vols, 2, sampler=generators.Sampler(seed=1, start=3))
+    np.testing.assert_array_equal(next(gen)[0][0][:, 0, 0, 0], firsts[3])
