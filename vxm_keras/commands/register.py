@@ -202,7 +202,7 @@ def _check_warp_format(args):
         fail(f'{args.save_affine}: --save-affine writes an ITK text transform (.txt)')
 
 
-def _single(args):
+def _single(args, timings):
     from concurrent.futures import ThreadPoolExecutor
 
     from ..io import atomic_paths, load_volfile, save_volfile, volume_extension
@@ -301,6 +301,7 @@ def _single(args):
         aligned = [p.alignment for p in (result.fixed, result.moving) if p.alignment is not None]
         print(f'affine alignment {sum(a.seconds for a in aligned):.2f} s ({len(aligned)} scan'
               f'{"s" if len(aligned) > 1 else ""}, {aligned[0].dof} dof)')
+    timings.update(load=t_load, predict=t_pred, write=t_write)
     print(f'load {t_load:.2f} s, predict {t_pred:.2f} s, write {t_write:.2f} s')
     for out in outputs:
         print(f'wrote {out}')
@@ -519,13 +520,15 @@ def main(argv=None):
     return execute(run, build_parser().parse_args(argv))
 
 
-def run(args):
+def run(args, timings=None):
     """Register as the command line says (``args`` from :func:`build_parser`); returns the exit
-    code (batch mode: 1 if any scan failed)."""
+    code (batch mode: 1 if any scan failed). ``timings``: a dict that single-scan mode fills with
+    the seconds of ``load`` (reading, model, alignment), ``predict`` (registration, label warp)
+    and ``write`` (the benchmark reads them)."""
     setup_device(args.gpu, args.verbose)
     check_registration(args)
     batch = args.moving_list is not None or (args.moving is not None and os.path.isdir(args.moving))
-    return _batch(args) if batch else _single(args)
+    return _batch(args) if batch else _single(args, {} if timings is None else timings)
 
 
 if __name__ == '__main__':
