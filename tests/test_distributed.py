@@ -8,9 +8,8 @@ import textwrap
 
 import numpy as np
 
+from conftest import REPO
 from vxm_keras.io import save_volfile
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MIRRORED = textwrap.dedent("""
     import sys

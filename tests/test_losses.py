@@ -209,3 +209,15 @@ np.savez(sys.argv[2], **out)
     for key in fused:
         assert np.abs(fused[key]).max() > 0, key
         np.testing.assert_allclose(fused[key], plain[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_degree_counts_face_neighbours_inside_the_volume():
+    from vxm_keras.losses import _degree, degree_matrix
+    for shape in [(4, 5, 6), (3, 7), (1, 4, 2)]:
+        brute = np.zeros(shape, np.float32)
+        for idx in np.ndindex(*shape):
+            for d in range(len(shape)):
+                for step in (-1, 1):
+                    brute[idx] += 0 <= idx[d] + step < shape[d]
+        np.testing.assert_array_equal(degree_matrix(shape), brute)
+        np.testing.assert_array_equal(_degree(shape).numpy()[..., 0], brute)

@@ -300,13 +300,27 @@ def degree_matrix(volshape):
     return deg
 
 
+def _degree(volshape):
+    """:func:`degree_matrix` ``(*volshape, 1)`` as a sum of per-axis 1-D counts: the graph holds
+    vectors of the axis lengths, not a volume-sized constant."""
+    deg = 0.0
+    for d, n in enumerate(volshape):
+        count = np.full(n, 2.0, dtype=np.float32)
+        count[0] -= 1
+        count[-1] -= 1
+        shape = [1] * len(volshape) + [1]
+        shape[d] = n
+        deg = deg + tf.constant(count.reshape(shape))
+    return deg
+
+
 @_fused
 def _kl(params, prior_lambda):
     """Per-sample KL of :class:`KL` from ``params = concat([mu, log_sigma], -1)``."""
     ndim = len(params.shape) - 2
     mean = params[..., :ndim]
     log_sigma = params[..., ndim:]
-    deg = tf.constant(degree_matrix(tuple(params.shape[1:-1]))[..., None])
+    deg = _degree(tuple(params.shape[1:-1]))
     sigma_term = _per_sample_mean(prior_lambda * deg * tf.exp(log_sigma) - log_sigma)
     prec = tf.add_n([_per_sample_mean(d * d) for d in forward_differences(mean)])
     prec_term = prior_lambda * 0.5 * prec / ndim

@@ -92,25 +92,6 @@ def slices_figure(path, volumes, titles, segs=None, index=None, heat=None):
     plt.close(fig)
 
 
-def overlay_figure(path, reference, others, titles=None, index=None):
-    """PNG of ``reference`` in grey with each of ``others`` as a red/green overlay
-    (reference green, other red: aligned anatomy looks yellow)."""
-    plt = _backend()
-    fig, axes = plt.subplots(3, len(others), figsize=(2.6 * len(others), 7.5), squeeze=False)
-    ref = mid_slices(reference, index)
-    for col, other in enumerate(others):
-        sl = mid_slices(other, index)
-        for row in range(3):
-            rgb = np.stack([sl[row], ref[row], np.zeros_like(ref[row])], -1)
-            axes[row, col].imshow(np.clip(rgb, 0, 1), interpolation='nearest')
-            axes[row, col].axis('off')
-            if row == 0 and titles:
-                axes[row, col].set_title(titles[col], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def save_figure_atomic(path, draw, *args, overwrite=True, **kwargs):
     """Call ``draw(tmp_path, *args, **kwargs)`` on a temporary file beside ``path``, then
     rename it to ``path``: an interrupted plot never leaves a partial PNG."""

@@ -19,21 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 
-def volshape_to_grid(volshape, dtype=tf.float32):
-    """Identity coordinate grid of a volume.
-
-    Args:
-        volshape: spatial shape ``(*spatial,)``, 1 to 3 dimensions.
-        dtype: dtype of the result.
-
-    Returns:
-        Tensor ``(*spatial, ndim)`` whose entry at voxel ``x`` is ``x`` itself
-        (``ij`` indexing: component ``d`` is the index along axis ``d``).
-    """
-    ranges = [tf.range(int(n), dtype=dtype) for n in volshape]
-    return tf.stack(tf.meshgrid(*ranges, indexing='ij'), axis=-1)
-
-
 def interpn(vol, loc, interp_method='linear', fill_value=None):
     """Sample a batch of volumes at arbitrary (fractional) voxel locations.
 

@@ -169,26 +169,28 @@ def run(args):
             seconds.append(sec)
             folding.append(folding_fraction(warp))
             warped[name] = (seg, moved_seg)
-            _score(rows, f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels)
-            _score(rows, f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, atlas_tissue_labels)
+            _score(rows, f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels,
+                   'tissue')
+            _score(rows, f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, atlas_tissue_labels,
+                   'tissue')
         for a, b in itertools.combinations(warped, 2):
             common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
             _score(rows, f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)
             _score(rows, f'{a}~{b} (atlas space)', 'model', warped[a][1], warped[b][1], common)
     else:
         peer = _ants_syn if args.peers else None
-        for pair, (va, sa), (vb, sb) in _scan_pairs(scans, args.invert_contrast, args.synthetic):
+        for pair, kind, (va, sa), (vb, sb) in _scan_pairs(scans, args.invert_contrast, args.synthetic):
             common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
             moved_seg, warp, sec = register(va, vb, sa)
             seconds.append(sec)
             folding.append(folding_fraction(warp))
-            _score(rows, pair, 'affine', sa, sb, common)
-            _score(rows, pair, 'model', moved_seg, sb, common)
+            _score(rows, pair, 'affine', sa, sb, common, kind)
+            _score(rows, pair, 'model', moved_seg, sb, common, kind)
             print(f'{pair}: model {_pair_mean(rows, pair, "model"):.3f} '
                   f'(affine {_pair_mean(rows, pair, "affine"):.3f}), {sec:.1f} s', flush=True)
             if peer is not None:
                 peer_seg, peer_sec = peer(va, vb, sa)
-                _score(rows, pair, 'ants', peer_seg, sb, common)
+                _score(rows, pair, 'ants', peer_seg, sb, common, kind)
                 peer_seconds.append(peer_sec)
                 print(f'{pair}: ANTs SyN {_pair_mean(rows, pair, "ants"):.3f}, {peer_sec:.1f} s', flush=True)
 
@@ -215,16 +217,16 @@ def invert_contrast(vol):
 
 
 def _scan_pairs(scans, invert, synthetic, seed=0):
-    """Evaluation pairs ``(name, (moving, moving_seg), (fixed, fixed_seg))``: every ordered pair
+    """Evaluation pairs ``(name, set, (moving, moving_seg), (fixed, fixed_seg))``: every ordered pair
     of test scans, then (``invert``) the same with the moving contrast inverted, then
     (``synthetic``) per scan that many copies warped by known random deformations
     (``vxm_keras.augment``, seeded), each registered back to its scan."""
     import numpy as np
     for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
-        yield f'{na}->{nb}', (va, sa), (vb, sb)
+        yield f'{na}->{nb}', 'pairs', (va, sa), (vb, sb)
     if invert:
         for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
-            yield f'{na}(inverted)->{nb}', (invert_contrast(va), sa), (vb, sb)
+            yield f'{na}(inverted)->{nb}', 'inverted', (invert_contrast(va), sa), (vb, sb)
     if synthetic:
         import tensorflow as tf
 
@@ -237,7 +239,8 @@ def _scan_pairs(scans, invert, synthetic, seed=0):
                 moving = spatial.transform(vol[None, ..., None], disp, 'linear').numpy()[0, ..., 0]
                 moving_seg = spatial.transform(seg[None, ..., None].astype(np.float32), disp,
                                                'nearest').numpy()[0, ..., 0]
-                yield f'{name}(warped {k + 1})->{name}', (moving, np.rint(moving_seg).astype(np.int32)), (vol, seg)
+                yield (f'{name}(warped {k + 1})->{name}', 'synthetic', (moving, np.rint(moving_seg).astype(np.int32)),
+                       (vol, seg))
 
 
 def _ants_syn(moving, fixed, moving_seg):
@@ -255,16 +258,17 @@ def _ants_syn(moving, fixed, moving_seg):
     return np.rint(moved.numpy()).astype(np.int32), seconds
 
 
-def _score(rows, pair, method, seg_a, seg_b, labels):
+def _score(rows, pair, method, seg_a, seg_b, labels, kind='pairs'):
     """Append one Dice row per label; the affine baseline scores the labels present in both
-    maps, the model is scored on the same labels as the baseline (``labels`` given)."""
+    maps, the model is scored on the same labels as the baseline (``labels`` given). ``kind``:
+    the evaluation set of the pair: ``pairs``, ``inverted``, ``synthetic`` or ``tissue``."""
     import numpy as np
 
     from ..metrics import dice
     present = [lab for lab in labels if np.any(seg_a == lab) and np.any(seg_b == lab)] \
         if method == 'affine' else labels
     labs_out, d = dice(seg_a, seg_b, labels=present)
-    rows.extend({'pair': pair, 'method': method, 'label': int(lab), 'dice': float(v)}
+    rows.extend({'pair': pair, 'set': kind, 'method': method, 'label': int(lab), 'dice': float(v)}
                 for lab, v in zip(labs_out, d))
 
 
@@ -303,8 +307,10 @@ def _evaluate_template(args, model, inshape, scans, labels):
         _score(rows, f'template->{name}', 'affine', tseg, seg, common)
         _score(rows, f'template->{name}', 'model', moved, seg, common)
         tissue = [1, 2, 3]
-        _score(rows, f'template->{name} (tissue)', 'affine', aseg_to_tissue(tseg), aseg_to_tissue(seg), tissue)
-        _score(rows, f'template->{name} (tissue)', 'model', aseg_to_tissue(moved), aseg_to_tissue(seg), tissue)
+        _score(rows, f'template->{name} (tissue)', 'affine', aseg_to_tissue(tseg), aseg_to_tissue(seg), tissue,
+               'tissue')
+        _score(rows, f'template->{name} (tissue)', 'model', aseg_to_tissue(moved), aseg_to_tissue(seg), tissue,
+               'tissue')
     folding = [folding_fraction(w) for w in warps]
     report = _report(rows, labels, folding, seconds, '30 structures (template labels warped to each test scan)',
                      args.model, tissue_title='tissue classes (template labels warped to each test scan)')
@@ -315,17 +321,6 @@ def _evaluate_template(args, model, inshape, scans, labels):
 
 
 METHOD_NAMES = {'affine': 'affine only', 'model': 'model', 'ants': 'ANTs SyN'}
-
-
-def _pair_kind(pair):
-    """The evaluation set a row's pair belongs to (see :func:`_scan_pairs`)."""
-    if 'tissue' in pair:
-        return 'tissue'
-    if '(inverted)' in pair:
-        return 'inverted'
-    if '(warped' in pair:
-        return 'synthetic'
-    return 'pairs'
 
 
 def _report(rows, labels, folding, seconds, title, model_path, tissue_title='tissue classes vs atlas seg',
@@ -340,7 +335,7 @@ def _report(rows, labels, folding, seconds, title, model_path, tissue_title='tis
               'synthetic': title + ', scans warped by known random deformations, registered back',
               'tissue': tissue_title}
     for kind, kind_title in titles.items():
-        sub = [r for r in rows if _pair_kind(r['pair']) == kind]
+        sub = [r for r in rows if r['set'] == kind]
         if not sub:
             continue
         labs = [1, 2, 3] if kind == 'tissue' else labels
@@ -373,14 +368,14 @@ def _write_outputs(out_dir, rows, report, labels):
 
     os.makedirs(out_dir, exist_ok=True)
     with atomic_path(os.path.join(out_dir, 'dice.csv')) as tmp, open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=['pair', 'method', 'label', 'structure', 'dice'])
+        writer = csv.DictWriter(f, fieldnames=['pair', 'set', 'method', 'label', 'structure', 'dice'])
         writer.writeheader()
         for r in rows:
-            name = TISSUE_NAMES.get(r['label'], '') if 'tissue' in r['pair'] else STRUCTURES.get(r['label'], '')
+            name = TISSUE_NAMES.get(r['label'], '') if r['set'] == 'tissue' else STRUCTURES.get(r['label'], '')
             writer.writerow(dict(r, structure=name))
     with atomic_path(os.path.join(out_dir, 'summary.txt')) as tmp, open(tmp, 'w') as f:
         f.write(report + '\n')
-    struct_rows = [r for r in rows if _pair_kind(r['pair']) == 'pairs']
+    struct_rows = [r for r in rows if r['set'] == 'pairs']
     save_figure_atomic(os.path.join(out_dir, 'dice_boxplot.png'), dice_boxplot, struct_rows,
                        labels, STRUCTURES)
 
