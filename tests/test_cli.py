@@ -33,9 +33,16 @@ def test_train_resumes_from_checkpoint_epoch(dataset, tmp_path):
 
 def test_train_scan_to_scan_and_bad_input(dataset, tmp_path):
     run = tmp_path / 'run'
-    script('train.py', '--data_dir', dataset / 'train', '--atlas', 'none', '--image-loss', 'mse',
-           '--epochs', 1, '--steps_per_epoch', 2, '--model_dir', run)
-    assert os.path.exists(run / '0001.h5')
+    # bfloat16 U-Net on the CPU (--mixed-precision): the field and the warped image stay float32
+    proc = script('train.py', '--data_dir', dataset / 'train', '--atlas', 'none', '--image-loss', 'mse',
+                  '--epochs', 1, '--steps_per_epoch', 2, '--model_dir', run, '--mixed-precision')
+    assert 'U-Net in bfloat16' in proc.stdout
+    rows = list(csv.DictReader(open(run / 'training_log.csv')))
+    assert np.isfinite(float(rows[0]['loss']))
+    import vxm_keras
+    model = vxm_keras.load_model(run / '0001.h5')
+    moved, field = model.predict([np.ones((1, *SHAPE, 1), np.float32)] * 2, verbose=0)
+    assert moved.dtype == field.dtype == np.float32 and np.isfinite(field).all()
     bad = tmp_path / 'bad'
     bad.mkdir()
     save_volfile(bad / 'a.npz', np.zeros((30, 32, 32), np.float32))

@@ -41,12 +41,15 @@ def _per_sample_mean(x):
 
 
 def _window_counts(volshape, win):
-    """Number of in-volume voxels in the window centred on each voxel, ``(*volshape,)``."""
-    counts = np.ones((), dtype=np.float32)
-    for n, w in zip(volshape, win):
+    """Number of in-volume voxels in the window centred on each voxel, ``(1, *volshape, 1)``: a
+    product of per-axis counts, so the graph holds vectors, not a volume-sized constant."""
+    counts = 1.0
+    for d, (n, w) in enumerate(zip(volshape, win)):
         idx = np.arange(n)
         c = np.minimum(idx + w // 2, n - 1) - np.maximum(idx - w // 2, 0) + 1
-        counts = np.multiply.outer(counts, c.astype(np.float32))
+        shape = [1] * (len(volshape) + 2)
+        shape[d + 1] = n
+        counts = counts * tf.constant(c.astype(np.float32).reshape(shape))
     return counts
 
 
@@ -125,7 +128,7 @@ def _ncc_combine(true_sums, pred_sums, a, b, win, eps):
     s_i, s_ii = tf.split(true_sums, 2, axis=-1)
     s_j, s_jj, s_ij = tf.split(pred_sums, 3, axis=-1)
     n = float(np.prod(win))
-    m = tf.constant(_window_counts(pred_sums.shape[1:-1], win)[None, ..., None])
+    m = _window_counts(pred_sums.shape[1:-1], win)
     r = 1.0 - m / n
     cross = s_ij - s_i * s_j / n + r * (a * s_j + b * s_i + a * b * m)
     var_i = tf.maximum(s_ii - s_i * s_i / n + r * (2.0 * a * s_i + a * a * m), 0.0)
