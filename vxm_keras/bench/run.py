@@ -14,7 +14,8 @@ import sys
 import tempfile
 
 from .report import machine_description, render
-from .workers import REPO, _model, run_worker
+from ..shipped import REPO, shipped_file
+from .workers import _model, run_worker
 
 SHARED_FREESURFER = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'freesurfer')
 SHORT_BATCH = 2  # scans in the short batch run that the long one is compared with
@@ -30,10 +31,9 @@ def _shipped_scans(shape):
     from scipy import ndimage
 
     from vxm_keras.io import load_volfile
-    data = os.path.join(REPO, 'data')
-    moving = load_volfile(os.path.join(data, 'example_moving.npz')).astype(np.float32)
-    fixed = load_volfile(os.path.join(data, 'atlas.npz')).astype(np.float32)
-    seg = load_volfile(os.path.join(data, 'atlas.npz'), key='seg').astype(np.int32)
+    moving = load_volfile(shipped_file('data/example_moving.npz')).astype(np.float32)
+    fixed = load_volfile(shipped_file('data/atlas.npz')).astype(np.float32)
+    seg = load_volfile(shipped_file('data/atlas.npz'), key='seg').astype(np.int32)
     if moving.shape != tuple(shape):
         factors = [n / m for n, m in zip(shape, moving.shape)]
         moving, fixed = (ndimage.zoom(v, factors, order=1, grid_mode=True, mode='nearest') for v in (moving, fixed))
@@ -152,7 +152,7 @@ def _peer_rows(tmp, pair, model_file, repeats):
 
 
 def collect(sizes, models, repeats, batch_scans, peers=False, pair=None,
-            peer_model=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'), note=None, xla=True, command=None):
+            peer_model=shipped_file('models/vm2_scan2scan.h5'), note=None, xla=True, command=None):
     """Run every measurement; returns the results dict that :func:`.report.render` takes (plain
     JSON types: lists and dicts of numbers and strings)."""
     rows, blocks, peer = [], [], None
@@ -196,7 +196,7 @@ def build_parser():
     parser.add_argument('--pair', nargs=2, metavar=('MOVING', 'FIXED'), default=None,
                         help='prepared .npz scans (vol, seg) for --peers (default: sub-07 to sub-08 of '
                              '../shared/data/freesurfer, prepared on the fly)')
-    parser.add_argument('--peer-model', dest='peer_model', default=os.path.join(REPO, 'models', 'vm2_scan2scan.h5'),
+    parser.add_argument('--peer-model', dest='peer_model', default=shipped_file('models/vm2_scan2scan.h5'),
                         help='the VM-2 model run on that pair (default models/vm2_scan2scan.h5)')
     parser.add_argument('--no-xla', dest='xla', action='store_false',
                         help='skip the XLA runs (on CPUs they take most of the benchmark time)')

@@ -13,8 +13,6 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _timeit(fn, repeats):
     fn()  # warm-up: tracing, allocation
