@@ -19,9 +19,9 @@ _LAZY = {'load_model': 'modelio', 'save_model': 'modelio', 'vm1': 'networks', 'v
          'Registration': 'registration'}
 _SUBMODULES = ('layers', 'losses', 'networks', 'modelio', 'unet', 'affine', 'native', 'registration')
 
-# commands that need no TensorFlow at all (python -m vxm_keras.prepare) do not load it
+# commands that load TensorFlow only when they need it (prepare never, the benchmark in its workers)
 _ARGV = getattr(sys, 'orig_argv', [])
-_TF_FREE = '-m' in _ARGV[:-1] and _ARGV[_ARGV.index('-m') + 1] in ('vxm_keras.prepare',)
+_TF_FREE = '-m' in _ARGV[:-1] and _ARGV[_ARGV.index('-m') + 1] in ('vxm_keras.prepare', 'vxm_keras.bench')
 
 if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1' and not _TF_FREE:
     from . import layers, losses, networks  # noqa: F401  (registers Keras objects)
