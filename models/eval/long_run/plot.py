@@ -1,0 +1,56 @@
+"""Validation Dice and folding against training steps for the long run (run.sh): writes
+dice_vs_steps.png and RESULTS.md next to this file. Step 0 (ckpt_0000) is the shipped
+vm2_scan2scan.h5 the run started from, scored the same way."""
+
+import csv
+import glob
+import os
+import re
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STEPS_PER_EPOCH = 100
+
+
+def score(folder):
+    with open(os.path.join(folder, 'dice.csv')) as f:
+        rows = [r for r in csv.DictReader(f) if r['method'] == 'model']
+    per_pair = {}
+    for r in rows:
+        per_pair.setdefault(r['pair'], []).append(float(r['dice']))
+    means = [np.mean(v) for v in per_pair.values()]
+    with open(os.path.join(folder, 'summary.txt')) as f:
+        text = f.read()
+    fold = re.search(r'Jacobian determinant <= 0: ([0-9.]+) %', text)
+    return float(np.mean(means)), float(np.std(means)), float(fold.group(1)) if fold else float('nan')
+
+
+def main():
+    points = []
+    for folder in sorted(glob.glob(os.path.join(HERE, 'ckpt_*'))):
+        epoch = int(os.path.basename(folder)[5:])
+        points.append((epoch * STEPS_PER_EPOCH, *score(folder)))
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    steps = [p[0] for p in points]
+    ax.plot(steps, [p[1] for p in points], 'o-', color='C0')
+    ax.set_xlabel('extra training steps from vm2_scan2scan.h5 (batch 1, lr 1e-4, lambda 1)')
+    ax.set_ylabel('Dice, sub-07 <-> sub-08 (network alone)', color='C0')
+    ax2 = ax.twinx()
+    ax2.plot(steps, [p[3] for p in points], 's--', color='C3')
+    ax2.set_ylabel('folding (% voxels, det J <= 0)', color='C3')
+    ax.set_title('VM-2 scan to scan: validation Dice against training steps', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, 'dice_vs_steps.png'), dpi=110)
+    lines = ['| extra steps | Dice (2 validation pairs, network alone) | folding |', '|---|---|---|']
+    lines += [f'| {s} | {d:.3f} ({sd:.3f}) | {fo:.3f} % |' for s, d, sd, fo in points]
+    with open(os.path.join(HERE, 'RESULTS.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()
