@@ -118,3 +118,22 @@ def test_not_a_registration_model():
     foreign = keras.Model(x, keras.layers.Conv2D(1, 3, padding='same')(x))
     with pytest.raises(ValueError, match='not a vxm_keras registration model'):
         Registration(foreign)
+
+
+def test_quarter_resolution_steps_follow_a_large_shift():
+    """A shift of (8, -6) voxels, beyond what 40 half-resolution steps reach: 40 steps at a quarter
+    of the resolution first (a coarse increment of the field) bring the displacement where the
+    blob lives close to the truth, and closer than the half-resolution steps alone."""
+    shape = (64, 64)
+    moving = blob(shape, (32, 32), sigma=7)
+    fixed = blob(shape, (40, 26), sigma=7)
+    reg = Registration(networks.vm2(shape, unet_downsize=2))
+    inside = fixed > 0.3
+    truth = np.array([-8.0, 6.0])
+    fine = reg.register(moving, fixed, optimize=40, lam=0.1, image_loss='mse', lr=0.1, coarse=0)
+    both = reg.register(moving, fixed, optimize=40, lam=0.1, image_loss='mse', lr=0.1, coarse=40)
+    assert len(both.losses) == 80 and both.losses[39] < both.losses[0]
+    err_fine = np.abs(fine.warp[inside].mean(0) - truth).max()
+    err_both = np.abs(both.warp[inside].mean(0) - truth).max()
+    assert err_both < 1.0 and err_both < err_fine - 1.0, (err_fine, err_both)
+    assert np.mean((both.moved - fixed) ** 2) < np.mean((fine.moved - fixed) ** 2)

@@ -99,17 +99,29 @@ def registration_options(default_optimize):
                         'alone (default %(default)s). Dice and seconds against N: models/README.md')
     p.add_argument('--optimize-lambda', dest='optimize_lambda', type=float, default=None,
                    help='smoothness weight of that refinement (default 4: folding stays far below 0.5 %%)')
+    p.add_argument('--optimize-coarse', dest='optimize_coarse', type=int, default=None, metavar='N',
+                   help='before those steps, N steps on the pair at a quarter of its resolution (a coarse '
+                        'increment of the field, for large deformations; about 1/8 of a step each)')
     p.add_argument('--cascade', type=int, default=1, metavar='K',
                    help='apply the network K times, each on the previous result, composing the fields')
     return p
 
 
 def check_registration(args):
-    """Check the options of :func:`registration_options`."""
+    """Check the options of :func:`registration_options`; returns the keyword arguments of
+    :meth:`vxm_keras.registration.Registration.register` they stand for."""
     if args.optimize < 0 or args.cascade < 1:
         fail(f'--optimize must be >= 0 and --cascade >= 1, got {args.optimize} and {args.cascade}')
     if args.optimize_lambda is not None and not args.optimize_lambda >= 0:
         fail(f'--optimize-lambda must be >= 0, got {args.optimize_lambda}')
+    if args.optimize_coarse is not None and args.optimize_coarse < 0:
+        fail(f'--optimize-coarse must be >= 0, got {args.optimize_coarse}')
+    options = dict(optimize=args.optimize, cascade=args.cascade)
+    if args.optimize_lambda is not None:
+        options['lam'] = args.optimize_lambda
+    if args.optimize_coarse is not None:
+        options['coarse'] = args.optimize_coarse
+    return options
 
 
 def overwrite_option(help_text='replace existing outputs (never the inputs)'):

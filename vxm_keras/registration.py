@@ -47,6 +47,12 @@ from .optim import adam_update
 DEFAULT_LR = 0.1
 OPT_LAMBDA = 4.0
 COARSE_SHARE = 1.0
+# Steps on the pair at a quarter of its resolution before those: a coarse increment of the field
+# that follows large deformations cheaply (each step about 1/8 of a half-resolution one). Chosen
+# on training subjects (pairs of sub-01, 03, 05, contrast-inverted and synthetically warped
+# copies; 25 half-resolution steps after): 0 / 25 / 50 gave Dice 0.789 / 0.792 / 0.793 on the
+# pairs, 0.725 / 0.766 / 0.765 inverted, 0.818 / 0.840 / 0.840 on the known deformations.
+COARSE_STEPS = 25
 
 
 @dataclasses.dataclass
@@ -122,7 +128,7 @@ class Registration:
     # -- registration --------------------------------------------------------------------------
 
     def register(self, moving, fixed, inverse=False, optimize=0, cascade=1, lam=OPT_LAMBDA, lr=DEFAULT_LR,
-                 image_loss='ncc'):
+                 image_loss='ncc', coarse=None):
         """Register ``moving`` to ``fixed``.
 
         Args:
@@ -133,6 +139,8 @@ class Registration:
             lam: smoothness weight of the optimisation loss (``OPT_LAMBDA``).
             lr: Adam step size of the optimisation, voxels of the field's grid.
             image_loss: ``'ncc'`` (9^3 window) or ``'mse'`` for the optimisation.
+            coarse: steps of the optimisation at a quarter of the resolution, before the
+                ``optimize`` steps (default ``COARSE_STEPS``; only with ``optimize`` > 0).
 
         Returns:
             :class:`Result`.
@@ -154,7 +162,7 @@ class Registration:
             field = tf.convert_to_tensor(self._field_net.predict_on_batch([current, fixed_b]))
             if optimize and k == int(cascade) - 1:
                 field, history = self.optimize_field(field, current, fixed_b, int(optimize), lam=lam, lr=lr,
-                                                     image_loss=image_loss)
+                                                     image_loss=image_loss, quarter_steps=coarse)
             step_warp, step_inv = self._finish(field, tf.constant(bool(inverse)))
             warp = step_warp if warp is None else compose(warp, step_warp, self.indexing)
             if inverse:
@@ -172,7 +180,7 @@ class Registration:
         return warp, inv
 
     def optimize_field(self, field, moving, fixed, steps, lam=OPT_LAMBDA, lr=DEFAULT_LR, image_loss='ncc',
-                       coarse_share=None):
+                       coarse_share=None, quarter_steps=None):
         """Instance-specific optimisation of a field on one pair.
 
         Args:
@@ -181,6 +189,10 @@ class Registration:
             steps: Adam steps in all; ``coarse_share`` (default ``COARSE_SHARE``) of them on
                 the pair average-pooled by 2 (when the field's grid is at least that coarse),
                 the rest at full resolution.
+            quarter_steps: Adam steps before those (default ``COARSE_STEPS``) on the pair
+                average-pooled by 4, optimising an increment of the field on a grid half as fine
+                as the field's, linearly upsampled onto it (3-D and 2-D fields whose grid
+                halves evenly).
             lam, lr, image_loss: as in :meth:`register`.
 
         Returns:
@@ -188,12 +200,15 @@ class Registration:
             after each step (each at the resolution of its stage).
         """
         coarse_share = COARSE_SHARE if coarse_share is None else coarse_share
+        quarter_steps = COARSE_STEPS if quarter_steps is None else int(quarter_steps)
+        history = []
+        if quarter_steps > 0 and all(n % 2 == 0 for n in field.shape[1:-1]):
+            field = self._optimize_increment(field, moving, fixed, quarter_steps, lam, lr, image_loss, history)
         variable = tf.Variable(field)
         m = tf.Variable(tf.zeros_like(field))
         v = tf.Variable(tf.zeros_like(field))
         coarse = int(round(steps * coarse_share)) if self.model.field_factor >= 2 else 0
         stages = [(2, coarse), (1, steps - coarse)]
-        history = []
         t = 0
         for scale, n in stages:
             if n <= 0:
@@ -205,6 +220,34 @@ class Registration:
                 loss = step(variable, m, v, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))
                 history.append(float(loss))
         return tf.convert_to_tensor(variable), history
+
+    def _optimize_increment(self, field, moving, fixed, steps, lam, lr, image_loss, history):
+        """``field + up(delta)`` after ``steps`` Adam steps on ``delta`` (a field on a grid half
+        as fine as ``field``'s), the loss on the pair pooled to ``field_factor * 2``."""
+        scale = self.model.field_factor * 2
+        key = ('increment', scale, image_loss, float(lam))
+        if key not in self._steps:
+            sim = losses.NCC() if image_loss == 'ncc' else losses.MSE()
+            smooth = losses.Grad('l2')
+            model, indexing = self.model, self.indexing
+
+            def step(delta, m, v, base, moving, fixed, lr, t):
+                with tf.GradientTape() as tape:
+                    full = base + spatial.rescale_field(delta, 2)
+                    disp = model.field_to_warp(full, scale=scale)
+                    moved = spatial.transform(moving, disp, 'linear', indexing=indexing)
+                    loss = sim(fixed, moved) + lam * smooth(full, full)
+                adam_update(delta, m, v, tape.gradient(loss, delta), lr, t)
+                return loss
+            self._steps[key] = tf.function(step, autograph=False)
+        step = self._steps[key]
+        shape = [1, *[n // 2 for n in field.shape[1:-1]], field.shape[-1]]
+        delta = tf.Variable(tf.zeros(shape))
+        m, v = tf.Variable(tf.zeros(shape)), tf.Variable(tf.zeros(shape))
+        m_s, f_s = _pool(moving, scale), _pool(fixed, scale)
+        for t in range(1, steps + 1):
+            history.append(float(step(delta, m, v, field, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))))
+        return field + spatial.rescale_field(tf.convert_to_tensor(delta), 2)
 
     def _step_fn(self, scale, image_loss, lam):
         """One compiled Adam step of the optimisation loss at ``1 / scale`` resolution."""

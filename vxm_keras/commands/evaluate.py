@@ -150,9 +150,7 @@ def run(args):
         reg = Registration(model)
     except ValueError as err:
         fail(f'{args.model}: {err}')
-    options = dict(optimize=args.optimize, cascade=args.cascade)
-    if args.optimize_lambda is not None:
-        options['lam'] = args.optimize_lambda
+    options = check_registration(args)
 
     def register(moving, fixed, seg):
         t = time.perf_counter()

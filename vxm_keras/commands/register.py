@@ -157,14 +157,6 @@ def _check_pair(reg, path, vol, fixed_path, fixed):
         raise UserError(str(err)) from None
 
 
-def _options(args):
-    """Keyword arguments of :meth:`Registration.register` from the command line."""
-    options = dict(optimize=args.optimize, cascade=args.cascade)
-    if args.optimize_lambda is not None:
-        options['lam'] = args.optimize_lambda
-    return options
-
-
 def _warn_range(name, vol):
     if vol.max() > 1.5 or vol.min() < -0.5:
         print(f'warning: {name} has intensities in [{vol.min():.3g}, {vol.max():.3g}]; '
@@ -335,7 +327,7 @@ def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placemen
         result = register_scans(reg, moving_scan, fixed_placement or fixed_scan, ref, grid_affine,
                                 affine=args.affine, dof=args.affine_dof, inverse=bool(args.inverse_warp),
                                 check=not args.allow_poor_alignment,
-                                **_options(args))
+                                **check_registration(args))
     except AlignmentError as err:
         raise UserError(f'{err}, or pass --allow-poor-alignment to register it anyway') from None
     except ValueError as err:
