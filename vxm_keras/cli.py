@@ -101,7 +101,7 @@ def registration_options(default_optimize):
                    help='smoothness weight of that refinement (default 4: folding stays far below 0.5 %%)')
     p.add_argument('--optimize-coarse', dest='optimize_coarse', type=int, default=None, metavar='N',
                    help='before those steps, N steps on the pair at a quarter of its resolution (a coarse '
-                        'increment of the field, for large deformations; about 1/8 of a step each)')
+                        'increment of the field, for large deformations; each about half the cost of a step)')
     p.add_argument('--cascade', type=int, default=1, metavar='K',
                    help='apply the network K times, each on the previous result, composing the fields')
     return p
