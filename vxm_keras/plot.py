@@ -92,6 +92,25 @@ def slices_figure(path, volumes, titles, segs=None, index=None, heat=None):
     plt.close(fig)
 
 
+def dice_and_folding_figure(path, x, dice, folding, xlabel, title, xticklabels=None):
+    """Dice (left axis, circles) and folding in % (right axis, squares) against ``x``: the
+    figure of a sweep (lambda, training steps). ``xticklabels`` replaces the ticks at ``x``."""
+    plt = _backend()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(x, dice, 'o-', color='C0')
+    if xticklabels is not None:
+        ax.set_xticks(x, xticklabels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('Dice, validation pairs (network alone)', color='C0')
+    ax2 = ax.twinx()
+    ax2.plot(x, folding, 's--', color='C3')
+    ax2.set_ylabel('folding (% voxels, det J <= 0)', color='C3')
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def save_figure_atomic(path, draw, *args, overwrite=True, **kwargs):
     """Call ``draw(tmp_path, *args, **kwargs)`` on a temporary file beside ``path``, then
     rename it to ``path``: an interrupted plot never leaves a partial PNG."""

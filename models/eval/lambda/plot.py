@@ -21,21 +21,11 @@ def main():
             fold = float(re.search(r'Jacobian determinant <= 0: ([0-9.]+) %', f.read()).group(1))
         rows.append((lam, float(np.mean(dice)), fold))
     rows.sort()
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    x = np.arange(len(rows))
-    ax.plot(x, [r[1] for r in rows], 'o-', color='C0')
-    ax.set_xticks(x, [f'{r[0]:g}' for r in rows])
-    ax.set_xlabel('lambda (smoothness weight, NCC loss)')
-    ax.set_ylabel('Dice, validation pairs', color='C0')
-    ax2 = ax.twinx()
-    ax2.plot(x, [r[2] for r in rows], 's--', color='C3')
-    ax2.set_ylabel('folding (% voxels, det J <= 0)', color='C3')
-    ax.set_title('VM-2 scan to scan, fine-tuned 200 steps from vm2_scan2scan.h5 (lambda 1)', fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(HERE, 'dice_vs_lambda.png'), dpi=110)
+    from vxm_keras.plot import dice_and_folding_figure
+    dice_and_folding_figure(os.path.join(HERE, 'dice_vs_lambda.png'), np.arange(len(rows)), [r[1] for r in rows],
+                            [r[2] for r in rows], 'lambda (smoothness weight, NCC loss)',
+                            'VM-2 scan to scan, fine-tuned 200 steps from vm2_scan2scan.h5 (lambda 1)',
+                            xticklabels=[f'{r[0]:g}' for r in rows])
     lines = ['| lambda | Dice (2 validation pairs, network alone) | folding |', '|---|---|---|']
     lines += [f'| {lam:g} | {d:.3f} | {fo:.3f} % |' for lam, d, fo in rows]
     with open(os.path.join(HERE, 'RESULTS.md'), 'w') as f:

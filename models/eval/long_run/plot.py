@@ -31,20 +31,10 @@ def main():
     for folder in sorted(glob.glob(os.path.join(HERE, 'ckpt_*'))):
         epoch = int(os.path.basename(folder)[5:])
         points.append((epoch * STEPS_PER_EPOCH, *score(folder)))
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    steps = [p[0] for p in points]
-    ax.plot(steps, [p[1] for p in points], 'o-', color='C0')
-    ax.set_xlabel('extra training steps from vm2_scan2scan.h5 (batch 1, lr 1e-4, lambda 1)')
-    ax.set_ylabel('Dice, sub-07 <-> sub-08 (network alone)', color='C0')
-    ax2 = ax.twinx()
-    ax2.plot(steps, [p[3] for p in points], 's--', color='C3')
-    ax2.set_ylabel('folding (% voxels, det J <= 0)', color='C3')
-    ax.set_title('VM-2 scan to scan: validation Dice against training steps', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(HERE, 'dice_vs_steps.png'), dpi=110)
+    from vxm_keras.plot import dice_and_folding_figure
+    dice_and_folding_figure(os.path.join(HERE, 'dice_vs_steps.png'), [p[0] for p in points], [p[1] for p in points],
+                            [p[3] for p in points], 'extra training steps from vm2_scan2scan.h5 (batch 1, lr 1e-4, lambda 1)',
+                            'VM-2 scan to scan: validation Dice (sub-07 <-> sub-08) against training steps')
     lines = ['| extra steps | Dice (2 validation pairs, network alone) | folding |', '|---|---|---|']
     lines += [f'| {s} | {d:.3f} ({sd:.3f}) | {fo:.3f} % |' for s, d, sd, fo in points]
     with open(os.path.join(HERE, 'RESULTS.md'), 'w') as f:
