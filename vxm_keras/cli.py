@@ -12,10 +12,7 @@ import os
 import re
 import sys
 
-from .errors import UserError
-
-__all__ = ['UserError', 'fail', 'execute', 'device_options', 'training_data_options', 'schedule_options',
-           'registration_options', 'overwrite_option']
+from .errors import UserError  # noqa: F401  (re-exported: commands raise it through fail)
 
 
 def fail(message):
