@@ -286,35 +286,31 @@ class DisplacementPenalty(keras.losses.Loss):
         return config
 
 
-def degree_matrix(volshape):
-    """Number of face neighbours inside the volume of every voxel, ``(*volshape,)`` numpy.
-
-    This is the diagonal of the degree matrix ``D`` of the grid graph whose
-    Laplacian is the precision of the probabilistic model's prior.
-    """
-    deg = np.zeros(volshape, dtype=np.float32)
+def _axis_degrees(volshape):
+    """Per axis, each voxel's face neighbours along that axis inside the volume (2, 1 at the
+    ends), shaped to broadcast against ``(*volshape)``."""
     for d, n in enumerate(volshape):
         count = np.full(n, 2.0, dtype=np.float32)
         count[0] -= 1
         count[-1] -= 1
         shape = [1] * len(volshape)
         shape[d] = n
-        deg += count.reshape(shape)
-    return deg
+        yield count.reshape(shape)
+
+
+def degree_matrix(volshape):
+    """Number of face neighbours inside the volume of every voxel, ``(*volshape,)`` numpy.
+
+    This is the diagonal of the degree matrix ``D`` of the grid graph whose
+    Laplacian is the precision of the probabilistic model's prior.
+    """
+    return sum(_axis_degrees(volshape), np.zeros(volshape, dtype=np.float32))
 
 
 def _degree(volshape):
     """:func:`degree_matrix` ``(*volshape, 1)`` as a sum of per-axis 1-D counts: the graph holds
     vectors of the axis lengths, not a volume-sized constant."""
-    deg = 0.0
-    for d, n in enumerate(volshape):
-        count = np.full(n, 2.0, dtype=np.float32)
-        count[0] -= 1
-        count[-1] -= 1
-        shape = [1] * len(volshape) + [1]
-        shape[d] = n
-        deg = deg + tf.constant(count.reshape(shape))
-    return deg
+    return sum(tf.constant(count[..., None]) for count in _axis_degrees(volshape))
 
 
 @_fused
