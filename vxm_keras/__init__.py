@@ -21,7 +21,8 @@ _SUBMODULES = ('layers', 'losses', 'networks', 'modelio', 'unet', 'affine', 'nat
 
 # commands that load TensorFlow only when they need it (prepare never, the benchmark in its workers)
 _ARGV = getattr(sys, 'orig_argv', [])
-_TF_FREE = '-m' in _ARGV[:-1] and _ARGV[_ARGV.index('-m') + 1] in ('vxm_keras.prepare', 'vxm_keras.bench')
+_TF_FREE = '-m' in _ARGV[:-1] and _ARGV[_ARGV.index('-m') + 1] in ('vxm_keras.prepare', 'vxm_keras.bench',
+                                                                         'vxm_keras.bench.frontier')
 
 if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1' and not _TF_FREE:
     from . import layers, losses, networks  # noqa: F401  (registers Keras objects)

@@ -160,3 +160,26 @@ def dice_boxplot(path, rows, labels, names=None):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def frontier_figure(path, points, affine, titles):
+    """Dice against seconds a pair (log scale), one panel per evaluation set.
+
+    ``points``: ``(name, seconds, {set: dice}, is_peer)`` per method (peers drawn as red
+    squares); ``affine``: ``{set: dice}`` of the affine baseline, a dotted line; ``titles``:
+    ``{set: panel title}`` in panel order."""
+    plt = _backend()
+    sets = list(titles)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.4 * len(sets), 4), squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        for name, seconds, dice, is_peer in points:
+            ax.plot(seconds, dice[s], 's' if is_peer else 'o', color='C3' if is_peer else 'C0')
+            ax.annotate(name, (seconds, dice[s]), fontsize=7, xytext=(3, 3), textcoords='offset points')
+        ax.axhline(affine[s], color='gray', lw=0.8, ls=':')
+        ax.set_xscale('log')
+        ax.set_xlabel('seconds a pair')
+        ax.set_title(titles[s], fontsize=10)
+    axes[0][0].set_ylabel('Dice (dotted: affine only)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -172,20 +172,15 @@ def work_register(p):
 
 
 def work_ants(p):
-    """ANTs SyN through antspyx (``type_of_transform='SyN'``: its default affine stage, then
-    SyN) on a real prepared pair; the moving labels follow with nearest neighbour."""
-    import ants
+    """ANTs SyN (:func:`vxm_keras.evaluation.ants_syn`: antspyx defaults) on a real prepared pair;
+    the moving labels follow with nearest neighbour."""
     import numpy as np
 
+    from vxm_keras.evaluation import ants_syn
     from vxm_keras.io import load_volfile
-    fixed = ants.from_numpy(load_volfile(p['fixed']).astype(np.float32))
-    moving = ants.from_numpy(load_volfile(p['moving']).astype(np.float32))
-    moving_seg = ants.from_numpy(load_volfile(p['moving'], key='seg').astype(np.float32))
-    t = time.perf_counter()
-    reg = ants.registration(fixed, moving, type_of_transform='SyN')
-    moved_seg = ants.apply_transforms(fixed, moving_seg, reg['fwdtransforms'], interpolator='nearestNeighbor')
-    seconds = time.perf_counter() - t
-    np.save(p['moved_seg'], np.rint(moved_seg.numpy()).astype(np.int32))
+    moved_seg, seconds = ants_syn(load_volfile(p['moving']), load_volfile(p['fixed']),
+                                  load_volfile(p['moving'], key='seg'))
+    np.save(p['moved_seg'], moved_seg)
     return {'seconds': seconds}
 
 

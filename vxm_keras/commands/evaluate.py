@@ -38,6 +38,7 @@ import time
 
 from ..cli import (check_registration, device_options, execute, fail, overwrite_option, registration_options,
                    setup_device, start_tensorflow)
+from ..evaluation import ants_syn, load_scans, scan_pairs, score_rows, summarise
 from ..metrics import STRUCTURES, TISSUE_NAMES, aseg_to_tissue
 
 from ..shipped import DEFAULT_ATLAS
@@ -71,14 +72,6 @@ def build_parser():
     return p
 
 
-def _summarise(rows, method, labels):
-    import numpy as np
-    per_pair = {}
-    for r in rows:
-        if r['method'] == method and r['label'] in labels and np.isfinite(r['dice']):
-            per_pair.setdefault(r['pair'], []).append(r['dice'])
-    means = [np.mean(v) for v in per_pair.values()]
-    return (float(np.mean(means)), float(np.std(means))) if means else (float('nan'), float('nan'))
 
 
 def main(argv=None):
@@ -102,22 +95,7 @@ def run(args):
     from ..metrics import PAPER_LABELS, folding_fraction
 
     files = list_volumes(args.data_dir, args.test_list)
-    scans = []
-    for f in files:
-        if os.path.isdir(f):
-            # a FreeSurfer subject as it is: prepared here (talairach.xfm, or the affine alignment)
-            from ..prepare import is_freesurfer_subject, prepare_freesurfer_subject
-            if not is_freesurfer_subject(f):
-                fail(f'{f}: a folder, but not a FreeSurfer subject (no brainmask.mgz inside)')
-            prepared = prepare_freesurfer_subject(f)
-            vol, seg = prepared['vol'], prepared['seg']
-        else:
-            vol = load_volfile(f, check_finite=True)
-            seg = load_volfile(f, key='seg')
-        if seg.shape != vol.shape:
-            fail(f'{f}: seg shape {seg.shape} differs from vol {vol.shape}')
-        name = os.path.basename(os.path.normpath(f)) if os.path.isdir(f) else os.path.splitext(os.path.basename(f))[0]
-        scans.append((name, vol.astype(np.float32), seg.astype(np.int32)))
+    scans = load_scans(files)
     model = modelio.load_model(args.model)
     inshape = tuple(model.inputs[0].shape[1:-1])
     labels = list(args.labels or PAPER_LABELS)
@@ -167,28 +145,28 @@ def run(args):
             seconds.append(sec)
             folding.append(folding_fraction(warp))
             warped[name] = (seg, moved_seg)
-            _score(rows, f'{name}->atlas (tissue)', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels,
-                   'tissue')
-            _score(rows, f'{name}->atlas (tissue)', 'model', aseg_to_tissue(moved_seg), atlas_seg, atlas_tissue_labels,
-                   'tissue')
+            tissue_pair = f'{name}->atlas (tissue)'
+            rows += score_rows(tissue_pair, 'tissue', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels)
+            rows += score_rows(tissue_pair, 'tissue', 'model', aseg_to_tissue(moved_seg), atlas_seg,
+                               atlas_tissue_labels)
         for a, b in itertools.combinations(warped, 2):
             common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
-            _score(rows, f'{a}~{b} (atlas space)', 'affine', warped[a][0], warped[b][0], common)
-            _score(rows, f'{a}~{b} (atlas space)', 'model', warped[a][1], warped[b][1], common)
+            rows += score_rows(f'{a}~{b} (atlas space)', 'pairs', 'affine', warped[a][0], warped[b][0], common)
+            rows += score_rows(f'{a}~{b} (atlas space)', 'pairs', 'model', warped[a][1], warped[b][1], common)
     else:
-        peer = _ants_syn if args.peers else None
-        for pair, kind, (va, sa), (vb, sb) in _scan_pairs(scans, args.invert_contrast, args.synthetic):
+        peer = ants_syn if args.peers else None
+        for pair, kind, (va, sa), (vb, sb) in scan_pairs(scans, args.invert_contrast, args.synthetic):
             common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
             moved_seg, warp, sec = register(va, vb, sa)
             seconds.append(sec)
             folding.append(folding_fraction(warp))
-            _score(rows, pair, 'affine', sa, sb, common, kind)
-            _score(rows, pair, 'model', moved_seg, sb, common, kind)
+            rows += score_rows(pair, kind, 'affine', sa, sb, common)
+            rows += score_rows(pair, kind, 'model', moved_seg, sb, common)
             print(f'{pair}: model {_pair_mean(rows, pair, "model"):.3f} '
                   f'(affine {_pair_mean(rows, pair, "affine"):.3f}), {sec:.1f} s', flush=True)
             if peer is not None:
                 peer_seg, peer_sec = peer(va, vb, sa)
-                _score(rows, pair, 'ants', peer_seg, sb, common, kind)
+                rows += score_rows(pair, kind, 'ants', peer_seg, sb, common)
                 peer_seconds.append(peer_sec)
                 print(f'{pair}: ANTs SyN {_pair_mean(rows, pair, "ants"):.3f}, {peer_sec:.1f} s', flush=True)
 
@@ -202,72 +180,14 @@ def run(args):
 
 
 
-def _pair_mean(rows, pair, method):
-    import numpy as np
-    return float(np.mean([r['dice'] for r in rows if r['pair'] == pair and r['method'] == method]))
 
 
-def invert_contrast(vol):
-    """``1 - vol`` inside the brain (``vol > 0``), zero outside: a T1 scan made to look like
-    a T2-like contrast, to test a model's independence of contrast."""
-    import numpy as np
-    return np.where(vol > 0, 1.0 - vol, 0.0).astype(np.float32)
 
 
-def _scan_pairs(scans, invert, synthetic, seed=0):
-    """Evaluation pairs ``(name, set, (moving, moving_seg), (fixed, fixed_seg))``: every ordered pair
-    of test scans, then (``invert``) the same with the moving contrast inverted, then
-    (``synthetic``) per scan that many copies warped by known random deformations
-    (``vxm_keras.augment``, seeded), each registered back to its scan."""
-    import numpy as np
-    for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
-        yield f'{na}->{nb}', 'pairs', (va, sa), (vb, sb)
-    if invert:
-        for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
-            yield f'{na}(inverted)->{nb}', 'inverted', (invert_contrast(va), sa), (vb, sb)
-    if synthetic:
-        import tensorflow as tf
-
-        from .. import augment, spatial
-        aug = augment.Augmentation(rotation=0, scaling=0, shear=0, translation=0, warp_std=4.0,
-                                   warp_spacing=24, flip_axis=None)
-        for i, (name, vol, seg) in enumerate(scans):
-            for k in range(synthetic):
-                disp = augment.random_deformation(tf.constant([seed, 1000 * i + k], tf.int64), 1, vol.shape, aug)
-                moving = spatial.transform(vol[None, ..., None], disp, 'linear').numpy()[0, ..., 0]
-                moving_seg = spatial.transform(seg[None, ..., None].astype(np.float32), disp,
-                                               'nearest').numpy()[0, ..., 0]
-                yield (f'{name}(warped {k + 1})->{name}', 'synthetic', (moving, np.rint(moving_seg).astype(np.int32)),
-                       (vol, seg))
 
 
-def _ants_syn(moving, fixed, moving_seg):
-    """ANTs SyN with antspyx's defaults (``type_of_transform='SyN'``: its affine stage, then
-    SyN), 1 mm spacing; returns the warped labels (nearest neighbour) and the seconds."""
-    import ants
-    import numpy as np
-    t = time.perf_counter()
-    f = ants.from_numpy(np.asarray(fixed, np.float32))
-    m = ants.from_numpy(np.asarray(moving, np.float32))
-    out = ants.registration(f, m, type_of_transform='SyN')
-    seconds = time.perf_counter() - t
-    moved = ants.apply_transforms(f, ants.from_numpy(moving_seg.astype(np.float32)), out['fwdtransforms'],
-                                  interpolator='nearestNeighbor')
-    return np.rint(moved.numpy()).astype(np.int32), seconds
 
 
-def _score(rows, pair, method, seg_a, seg_b, labels, kind='pairs'):
-    """Append one Dice row per label; the affine baseline scores the labels present in both
-    maps, the model is scored on the same labels as the baseline (``labels`` given). ``kind``:
-    the evaluation set of the pair: ``pairs``, ``inverted``, ``synthetic`` or ``tissue``."""
-    import numpy as np
-
-    from ..metrics import dice
-    present = [lab for lab in labels if np.any(seg_a == lab) and np.any(seg_b == lab)] \
-        if method == 'affine' else labels
-    labs_out, d = dice(seg_a, seg_b, labels=present)
-    rows.extend({'pair': pair, 'set': kind, 'method': method, 'label': int(lab), 'dice': float(v)}
-                for lab, v in zip(labs_out, d))
 
 
 def _evaluate_template(args, model, inshape, scans, labels):
@@ -302,13 +222,12 @@ def _evaluate_template(args, model, inshape, scans, labels):
     rows = []
     for (name, _, _), seg, moved in zip(scans, segs, warped):
         common = [lab for lab in labels if np.any(tseg == lab) and np.any(seg == lab)]
-        _score(rows, f'template->{name}', 'affine', tseg, seg, common)
-        _score(rows, f'template->{name}', 'model', moved, seg, common)
+        rows += score_rows(f'template->{name}', 'pairs', 'affine', tseg, seg, common)
+        rows += score_rows(f'template->{name}', 'pairs', 'model', moved, seg, common)
         tissue = [1, 2, 3]
-        _score(rows, f'template->{name} (tissue)', 'affine', aseg_to_tissue(tseg), aseg_to_tissue(seg), tissue,
-               'tissue')
-        _score(rows, f'template->{name} (tissue)', 'model', aseg_to_tissue(moved), aseg_to_tissue(seg), tissue,
-               'tissue')
+        seg_tissue = aseg_to_tissue(seg)
+        rows += score_rows(f'template->{name} (tissue)', 'tissue', 'affine', aseg_to_tissue(tseg), seg_tissue, tissue)
+        rows += score_rows(f'template->{name} (tissue)', 'tissue', 'model', aseg_to_tissue(moved), seg_tissue, tissue)
     folding = [folding_fraction(w) for w in warps]
     report = _report(rows, labels, folding, seconds, '30 structures (template labels warped to each test scan)',
                      args.model, tissue_title='tissue classes (template labels warped to each test scan)')
@@ -316,6 +235,10 @@ def _evaluate_template(args, model, inshape, scans, labels):
     if args.out_dir:
         _write_outputs(args.out_dir, rows, report, labels)
     return 0
+
+
+def _pair_mean(rows, pair, method):
+    return summarise([r for r in rows if r['pair'] == pair], method)[0]
 
 
 METHOD_NAMES = {'affine': 'affine only', 'model': 'model', 'ants': 'ANTs SyN'}
@@ -342,7 +265,7 @@ def _report(rows, labels, folding, seconds, title, model_path, tissue_title='tis
         lines.append(f'\n{kind_title} ({n_pairs} pairs)')
         lines.append(f'{"method":<12} {"Dice mean (std over pairs)":>28}')
         for method in methods:
-            m, sd = _summarise(sub, method, labs)
+            m, sd = summarise(sub, method, labs)
             lines.append(f'{METHOD_NAMES[method]:<12} {m:>19.3f} ({sd:.3f})')
         if kind not in ('pairs', 'tissue'):
             continue

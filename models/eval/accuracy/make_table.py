@@ -5,13 +5,11 @@ import os
 import re
 import sys
 
-import matplotlib
 import numpy as np
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
+from vxm_keras.plot import frontier_figure  # noqa: E402
 KINDS = ('pairs', 'inverted', 'synthetic')
 
 
@@ -54,31 +52,19 @@ def main(names):
     for n, r in results.items():
         print(f'| {n} | ' + ' | '.join(fmt(r[k, 'model']) for k in KINDS)
               + f' | {r["folding"]:.3f} % | {r["seconds"]:.1f} |')
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=False)
-    for ax, k in zip(axes, KINDS):
-        for n, r in results.items():
-            ax.plot(r['seconds'], r[k, 'model'][0], 'o', color='C0' if n.startswith('vm2_scan2scan') else 'C2')
-            ax.annotate(n.replace('vm2_scan2scan', 'VM-2').replace('vm2diff', 'diff'), (r['seconds'], r[k, 'model'][0]),
-                        fontsize=7, xytext=(3, 3), textcoords='offset points')
-            if r['ants_seconds']:
-                ax.plot(r['ants_seconds'], r[k, 'ants'][0], 's', color='C3')
-                ax.annotate('ANTs SyN', (r['ants_seconds'], r[k, 'ants'][0]), fontsize=7, xytext=(3, 3),
-                            textcoords='offset points')
-                ax.axhline(r[k, 'affine'][0], color='gray', lw=0.8, ls=':')
-        ax.set_xscale('log')
-        ax.set_xlabel('seconds a pair (2 CPU cores)')
-        ax.set_title({'pairs': 'sub-07 <-> sub-08', 'inverted': 'moving contrast inverted',
-                      'synthetic': 'known random deformations'}[k], fontsize=10)
-    axes[0].set_ylabel('Dice, 30 structures')
-    fig.tight_layout()
-    fig.savefig(os.path.join(HERE, 'dice_vs_seconds.png'), dpi=110)
+    points = [(n.replace('vm2_scan2scan', 'VM-2').replace('vm2diff', 'diff'), r['seconds'],
+               {k: r[k, 'model'][0] for k in KINDS}, False) for n, r in results.items()]
+    points += [('ANTs SyN', r['ants_seconds'], {k: r[k, 'ants'][0] for k in KINDS}, True)
+               for r in results.values() if r['ants_seconds']]
+    frontier_figure(os.path.join(HERE, 'dice_vs_seconds.png'), points, {k: first[k, 'affine'][0] for k in KINDS},
+                    {'pairs': 'sub-07 <-> sub-08', 'inverted': 'moving contrast inverted',
+                     'synthetic': 'known random deformations'})
 
 
 
 
 def boxplot(model_run, peer_run, out='dice_boxplot_vs_syn.png'):
     """Per-structure box plot on the real pairs: affine, ``model_run``'s model, SyN of ``peer_run``."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
     from vxm_keras.metrics import PAPER_LABELS, STRUCTURES
     from vxm_keras.plot import dice_boxplot
 

@@ -1,25 +1,23 @@
 """Dice and folding against the smoothness weight lambda from models/eval/lambda/lam_*/ (run.sh):
 writes dice_vs_lambda.png and RESULTS.md next to this file."""
 
-import csv
 import glob
 import os
-import re
+import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
+from vxm_keras.evaluation import read_scores  # noqa: E402
 
 
 def main():
     rows = []
     for folder in glob.glob(os.path.join(HERE, 'lam_*')):
         lam = float(os.path.basename(folder)[4:])
-        with open(os.path.join(folder, 'dice.csv')) as f:
-            dice = [float(r['dice']) for r in csv.DictReader(f) if r['method'] == 'model']
-        with open(os.path.join(folder, 'summary.txt')) as f:
-            fold = float(re.search(r'Jacobian determinant <= 0: ([0-9.]+) %', f.read()).group(1))
-        rows.append((lam, float(np.mean(dice)), fold))
+        dice, _, fold = read_scores(folder)
+        rows.append((lam, dice, fold))
     rows.sort()
     from vxm_keras.plot import dice_and_folding_figure
     dice_and_folding_figure(os.path.join(HERE, 'dice_vs_lambda.png'), np.arange(len(rows)), [r[1] for r in rows],

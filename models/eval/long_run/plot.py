@@ -2,35 +2,21 @@
 dice_vs_steps.png and RESULTS.md next to this file. Step 0 (ckpt_0000) is the shipped
 vm2_scan2scan.h5 the run started from, scored the same way."""
 
-import csv
 import glob
 import os
-import re
-
-import numpy as np
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
+from vxm_keras.evaluation import read_scores  # noqa: E402
 STEPS_PER_EPOCH = 100
-
-
-def score(folder):
-    with open(os.path.join(folder, 'dice.csv')) as f:
-        rows = [r for r in csv.DictReader(f) if r['method'] == 'model']
-    per_pair = {}
-    for r in rows:
-        per_pair.setdefault(r['pair'], []).append(float(r['dice']))
-    means = [np.mean(v) for v in per_pair.values()]
-    with open(os.path.join(folder, 'summary.txt')) as f:
-        text = f.read()
-    fold = re.search(r'Jacobian determinant <= 0: ([0-9.]+) %', text)
-    return float(np.mean(means)), float(np.std(means)), float(fold.group(1)) if fold else float('nan')
 
 
 def main():
     points = []
     for folder in sorted(glob.glob(os.path.join(HERE, 'ckpt_*'))):
         epoch = int(os.path.basename(folder)[5:])
-        points.append((epoch * STEPS_PER_EPOCH, *score(folder)))
+        points.append((epoch * STEPS_PER_EPOCH, *read_scores(folder)))
     from vxm_keras.plot import dice_and_folding_figure
     dice_and_folding_figure(os.path.join(HERE, 'dice_vs_steps.png'), [p[0] for p in points], [p[1] for p in points],
                             [p[3] for p in points], 'extra training steps from vm2_scan2scan.h5 (batch 1, lr 1e-4, lambda 1)',
