@@ -204,21 +204,18 @@ class Registration:
         history = []
         if quarter_steps > 0 and all(n % 2 == 0 for n in field.shape[1:-1]):
             field = self._optimize_increment(field, moving, fixed, quarter_steps, lam, lr, image_loss, history)
-        variable = tf.Variable(field)
-        m = tf.Variable(tf.zeros_like(field))
-        v = tf.Variable(tf.zeros_like(field))
         coarse = int(round(steps * coarse_share)) if self.model.field_factor >= 2 else 0
-        stages = [(2, coarse), (1, steps - coarse)]
+        variable = tf.Variable(field)
+        adam = (tf.Variable(tf.zeros_like(field)), tf.Variable(tf.zeros_like(field)))
         t = 0
-        for scale, n in stages:
+        for scale, n in [(2, coarse), (1, steps - coarse)]:
             if n <= 0:
                 continue
-            step = self._step_fn(scale, image_loss, float(lam))
-            m_s, f_s = _pool(moving, scale), _pool(fixed, scale)
-            for _ in range(n):
-                t += 1
-                loss = step(variable, m, v, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))
-                history.append(float(loss))
+            model = self.model
+            step = self._step_fn(('field', scale, image_loss, float(lam)), image_loss, lam,
+                                 field_of=lambda variable, base: variable,
+                                 warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
+            t = self._run_steps(step, variable, adam, tf.zeros(()), moving, fixed, scale, n, lr, t, history)
         return tf.convert_to_tensor(variable), history
 
     def _optimize_increment(self, field, moving, fixed, steps, lam, lr, image_loss, history):
@@ -231,49 +228,50 @@ class Registration:
             base = _pool(field, 2) / 2.0
         else:
             base = model.field_to_warp(field, scale=scale)
-        key = ('increment', scale, image_loss, float(lam))
-        if key not in self._steps:
-            sim = losses.NCC() if image_loss == 'ncc' else losses.MSE()
-            smooth = losses.Grad('l2')
-            indexing, int_steps, diffeomorphic = self.indexing, model.int_steps, model.diffeomorphic
+        int_steps, indexing = model.int_steps, self.indexing
 
-            def step(delta, m, v, base, moving, fixed, lr, t):
-                with tf.GradientTape() as tape:
-                    coarse = base + delta
-                    disp = spatial.integrate_velocity(coarse, int_steps, indexing) if diffeomorphic else coarse
-                    moved = spatial.transform(moving, disp, 'linear', indexing=indexing)
-                    loss = sim(fixed, moved) + lam * smooth(coarse, coarse)
-                adam_update(delta, m, v, tape.gradient(loss, delta), lr, t)
-                return loss
-            self._steps[key] = tf.function(step, autograph=False)
-        step = self._steps[key]
+        def warp_of(coarse):
+            return spatial.integrate_velocity(coarse, int_steps, indexing) if model.diffeomorphic else coarse
+
+        step = self._step_fn(('increment', scale, image_loss, float(lam)), image_loss, lam,
+                             field_of=lambda delta, base: base + delta, warp_of=warp_of)
         delta = tf.Variable(tf.zeros_like(base))
-        m, v = tf.Variable(tf.zeros_like(base)), tf.Variable(tf.zeros_like(base))
-        m_s, f_s = _pool(moving, scale), _pool(fixed, scale)
-        for t in range(1, steps + 1):
-            history.append(float(step(delta, m, v, base, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))))
+        adam = (tf.Variable(tf.zeros_like(base)), tf.Variable(tf.zeros_like(base)))
+        self._run_steps(step, delta, adam, base, moving, fixed, scale, steps, lr, 0, history)
         # the increment in the field grid's voxel units
         return field + spatial.rescale_field(tf.convert_to_tensor(delta), 2)
 
-    def _step_fn(self, scale, image_loss, lam):
-        """One compiled Adam step of the optimisation loss at ``1 / scale`` resolution."""
-        key = (scale, image_loss, lam)
+    def _step_fn(self, key, image_loss, lam, field_of, warp_of):
+        """One compiled Adam step of the optimisation loss, cached under ``key``: the variable
+        and ``base`` give the field (``field_of``), the field the displacement (``warp_of``);
+        the loss is ``similarity(fixed, moving o displacement) + lam * Grad(field)``."""
         if key in self._steps:
             return self._steps[key]
         sim = losses.NCC() if image_loss == 'ncc' else losses.MSE()
         smooth = losses.Grad('l2')
-        model, indexing = self.model, self.indexing
+        indexing = self.indexing
 
-        def step(field, m, v, moving, fixed, lr, t):
+        def step(variable, m, v, base, moving, fixed, lr, t):
             with tf.GradientTape() as tape:
-                disp = model.field_to_warp(field, scale=scale)
-                moved = spatial.transform(moving, disp, 'linear', indexing=indexing)
+                field = field_of(variable, base)
+                moved = spatial.transform(moving, warp_of(field), 'linear', indexing=indexing)
                 loss = sim(fixed, moved) + lam * smooth(field, field)
-            adam_update(field, m, v, tape.gradient(loss, field), lr, t)
+            adam_update(variable, m, v, tape.gradient(loss, variable), lr, t)
             return loss
 
         self._steps[key] = tf.function(step, autograph=False)
         return self._steps[key]
+
+    @staticmethod
+    def _run_steps(step, variable, adam, base, moving, fixed, scale, n, lr, t, history):
+        """``n`` calls of ``step`` on the pair pooled by ``scale``, Adam's count going on from
+        ``t``; appends each loss to ``history`` and returns the last count."""
+        m_s, f_s = _pool(moving, scale), _pool(fixed, scale)
+        for _ in range(n):
+            t += 1
+            loss = step(variable, *adam, base, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))
+            history.append(float(loss))
+        return t
 
     # -- uncertainty ---------------------------------------------------------------------------
 

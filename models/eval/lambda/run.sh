@@ -6,7 +6,7 @@
 #   bash models/eval/lambda/run.sh /path/to/runs
 set -euo pipefail
 runs=${1:-runs/lambda}
-for lam in 0 0.1 0.5 1 2 4 8; do  # 8 not run yet (session time)
+for lam in 0 0.1 0.5 1 2 4 8; do
   python train.py --train-list models/splits/train.txt --atlas none --model vm2 --unet-downsize 2 \
       --init-weights models/vm2_scan2scan.h5 --lambda "$lam" --lr 1e-4 --epochs 2 --steps-per-epoch 100 \
       --seed 0 --model-dir "$runs/lam_$lam"
