@@ -95,7 +95,7 @@ def registration_options(default_optimize):
                         '(instance-specific optimisation, TMI 2019) at half resolution; 0 for the network '
                         'alone (default %(default)s). Dice and seconds against N: models/README.md')
     p.add_argument('--optimize-lambda', dest='optimize_lambda', type=float, default=None,
-                   help='smoothness weight of that refinement (default 4: folding stays far below 0.5 %%)')
+                   help='smoothness weight of that refinement (default 2: folding stays below 0.5 %%)')
     p.add_argument('--optimize-coarse', dest='optimize_coarse', type=int, default=None, metavar='N',
                    help='before those steps, N steps on the pair at a quarter of its resolution (a coarse '
                         'increment of the field, for large deformations; each about half the cost of a step)')
