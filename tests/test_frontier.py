@@ -48,6 +48,9 @@ def test_frontier_registers_every_pair_and_reports_what_it_measured(dataset, tmp
     assert cell in table
     assert f'| {np.median([p["seconds"] for p in refined]):.1f} |' in table.split(cell)[1].splitlines()[0]
     assert (tmp_path / 'F.png').stat().st_size > 10000
+    # the table and figure again from the JSON alone, without measuring
+    assert frontier.main(['--from-json', str(tmp_path / 'F.json'), '--out', str(tmp_path / 'G.md')]) == 0
+    assert (tmp_path / 'G.md').read_text() == table and (tmp_path / 'G.png').exists()
     # a second run does not replace the results without --overwrite
     before = out.read_text()
     assert frontier.main(argv) == 2

@@ -157,7 +157,10 @@ def figure(path, results):
     """Dice against seconds a pair (log scale), one panel per set; affine as a dotted line."""
     from ..plot import frontier_figure
     sets, rows = summary(results)
-    frontier_figure(path, [(r['name'], r['seconds'], {s: r['dice'][s][0] for s in sets},
+    def short(name):
+        return re.sub(r'\s*\(antspyx defaults\)|, network alone', '', name).replace('vm2_scan2scan', 'VM-2')
+
+    frontier_figure(path, [(short(r['name']), r['seconds'], {s: r['dice'][s][0] for s in sets},
                             r['name'].startswith('ANTs')) for r in rows[1:]],
                     {s: rows[0]['dice'][s][0] for s in sets}, {s: SET_TITLES[s] for s in sets})
 
@@ -176,6 +179,8 @@ def build_parser():
     p.add_argument('--sets', nargs='+', default=['pairs', 'inverted', 'synthetic'], choices=list(SET_TITLES))
     p.add_argument('--synthetic', type=int, default=2, help='known deformations per scan (default 2)')
     p.add_argument('--no-peers', dest='peers', action='store_false', help='skip ANTs SyN')
+    p.add_argument('--from-json', dest='from_json', default=None, metavar='JSON',
+                   help='no measuring: render the table and figure again from the results of an earlier run')
     p.add_argument('--out', default=os.path.join(REPO, 'bench', 'FRONTIER.md'),
                    help='the Markdown table; the results go to the same name with .json, the figure with .png')
     return p
@@ -187,11 +192,21 @@ def run(args):
 
     from ..cli import setup_device, start_tensorflow
     setup_device(args.gpu, args.verbose)
-    methods = [parse_method(m) for m in args.methods]
     stem = os.path.splitext(args.out)[0]
-    for path in (args.out, stem + '.json', stem + '.png'):
+    outputs = [args.out, stem + '.png'] + ([] if args.from_json else [stem + '.json'])
+    for path in outputs:
         if os.path.exists(path) and not args.overwrite:
             raise FileExistsError(f'{path}: exists (use --overwrite to replace it)')
+    if args.from_json:
+        try:
+            with open(args.from_json) as f:
+                results = json.load(f)
+            render(results)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f'{args.from_json}: not the JSON results of a frontier run ({err!r})') from None
+        _write(args, stem, results, write_json=False)
+        return 0
+    methods = [parse_method(m) for m in args.methods]
     if args.synthetic < 1 and args.sets == ['synthetic']:
         raise UserError('--synthetic must be >= 1 for --sets synthetic')
     if args.peers and importlib.util.find_spec('ants') is None:
@@ -204,17 +219,22 @@ def run(args):
     scans = load_scans(list_volumes(train_list=args.test_list))
     start_tensorflow()
     from .report import machine_description
-    from .run import write_text
     results = collect(scans, methods, args.sets, args.synthetic, args.peers)
     results.update(machine=machine_description(),
                    command=shlex.join(['python', '-m', 'vxm_keras.bench.frontier', *args.argv]))
+    _write(args, stem, results)
+    return 0
+
+
+def _write(args, stem, results, write_json=True):
+    from ..plot import save_figure_atomic
+    from .run import write_text
     text = render(results)
     print(text)
-    write_text(stem + '.json', json.dumps(results, indent=1) + '\n')
-    from ..plot import save_figure_atomic
+    if write_json:
+        write_text(stem + '.json', json.dumps(results, indent=1) + '\n')
     save_figure_atomic(stem + '.png', figure, results)
     write_text(args.out, text)
-    return 0
 
 
 def main(argv=None):
