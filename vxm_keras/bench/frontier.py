@@ -85,6 +85,9 @@ def collect(scans, methods, sets=('pairs', 'inverted', 'synthetic'), synthetic=2
             reg = Registration(model)
         except (ValueError, OSError) as err:
             raise UserError(f'{model}: {err}') from None
+        for name, vol, _ in scans:
+            if vol.shape != reg.inshape:
+                raise UserError(f'{name}: shape {vol.shape}, but the model {model} takes {reg.inshape}')
         for optimize, coarse in configs:
             options = dict(optimize=optimize, coarse=coarse)
             _, _, (va, _), (vb, _) = pairs[0]
