@@ -72,8 +72,6 @@ def build_parser():
     return p
 
 
-
-
 def main(argv=None):
     return execute(run, build_parser().parse_args(argv))
 
@@ -177,17 +175,6 @@ def run(args):
     if args.out_dir:
         _write_outputs(args.out_dir, rows, report, labels)
     return 0
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _evaluate_template(args, model, inshape, scans, labels):
