@@ -211,11 +211,10 @@ class Registration:
         coarse = int(round(steps * coarse_share)) if self.model.field_factor >= 2 else 0
         variable = tf.Variable(field)
         adam = (tf.Variable(tf.zeros_like(field)), tf.Variable(tf.zeros_like(field)))
-        t = 0
+        model, t = self.model, 0
         for scale, n in [(2, coarse), (1, steps - coarse)]:
             if n <= 0:
                 continue
-            model = self.model
             step = self._step_fn(('field', scale, image_loss, float(lam)), image_loss, lam,
                                  field_of=lambda variable, base: variable,
                                  warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))

@@ -63,8 +63,8 @@ def collect(scans, methods, sets=('pairs', 'inverted', 'synthetic'), synthetic=2
     """
     import numpy as np
 
-    from ..evaluation import ants_syn, scan_pairs, score_rows, summarise
-    from ..metrics import PAPER_LABELS, folding_fraction
+    from ..evaluation import ants_syn, scan_pairs
+    from ..metrics import PAPER_LABELS, dice, folding_fraction
     from ..registration import Registration
 
     pairs = [p for p in scan_pairs(scans, 'inverted' in sets, synthetic if 'synthetic' in sets else 0)
@@ -75,8 +75,7 @@ def collect(scans, methods, sets=('pairs', 'inverted', 'synthetic'), synthetic=2
               for _, _, (_, sa), (_, sb) in pairs]
 
     def dice_of(seg, k):
-        name, kind, _, (_, fixed_seg) = pairs[k]
-        return summarise(score_rows(name, kind, 'm', seg, fixed_seg, labels[k]), 'm')[0]
+        return float(np.nanmean(dice(seg, pairs[k][3][1], labels[k])[1]))
 
     out = {'pairs': [{'name': name, 'set': kind, 'affine': dice_of(sa, k)}
                      for k, (name, kind, (_, sa), _) in enumerate(pairs)], 'methods': []}
@@ -85,9 +84,11 @@ def collect(scans, methods, sets=('pairs', 'inverted', 'synthetic'), synthetic=2
             reg = Registration(model)
         except (ValueError, OSError) as err:
             raise UserError(f'{model}: {err}') from None
-        for name, vol, _ in scans:
-            if vol.shape != reg.inshape:
-                raise UserError(f'{name}: shape {vol.shape}, but the model {model} takes {reg.inshape}')
+        try:
+            for name, vol, _ in scans:
+                reg.check(vol, name)
+        except ValueError as err:
+            raise UserError(f'{err} ({model})') from None
         for optimize, coarse in configs:
             options = dict(optimize=optimize, coarse=coarse)
             _, _, (va, _), (vb, _) = pairs[0]

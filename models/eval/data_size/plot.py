@@ -13,11 +13,11 @@ STEPS_PER_EPOCH = 100
 
 
 def main():
-    curves, affine = {}, None
+    curves = {}
     for folder in sorted(glob.glob(os.path.join(HERE, 'n*_[0-9][0-9][0-9][0-9]'))):
         n, epoch = re.fullmatch(r'n(\d+)_(\d{4})', os.path.basename(folder)).groups()
         curves.setdefault(int(n), []).append((int(epoch) * STEPS_PER_EPOCH, *read_scores(folder)))
-        affine = read_scores(folder, method='affine')[0]  # the pairs as prepared: the dotted line
+    affine = read_scores(folder, method='affine')[0]  # the pairs as prepared (any run): the dotted line
     from vxm_keras.plot import _backend
     plt = _backend()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
