@@ -54,6 +54,23 @@ def test_train_scan_to_scan_and_bad_input(dataset, tmp_path):
     assert 'a.npz' in err and 'differs' in err  # the default atlas is 160x192x224
 
 
+def test_train_one_scan_needs_augmentation(dataset, tmp_path):
+    one = tmp_path / 'one'
+    one.mkdir()
+    first = sorted(os.listdir(dataset / 'train'))[0]
+    os.symlink(dataset / 'train' / first, one / first)
+    err = user_error(script('train.py', '--data-dir', one, '--atlas', 'none', '--model-dir', tmp_path / 'r0',
+                            check=False))
+    assert first in err and 'at least 2 scans' in err and '--augment' in err
+    # with augmentation the scan is paired with itself, each side deformed on its own
+    run = tmp_path / 'r1'
+    script('train.py', '--data-dir', one, '--atlas', 'none', '--augment', '--image-loss', 'mse',
+           '--epochs', 1, '--steps-per-epoch', 2, '--model-dir', run, '--seed', 1)
+    rows = list(csv.DictReader(open(run / 'training_log.csv')))
+    # identical copies would leave nothing to register: a positive image loss shows they differ
+    assert float(rows[0]['loss']) > 1e-4 and np.isfinite(float(rows[0]['loss']))
+
+
 def test_register_writes_outputs_keeping_affine(dataset, tmp_path):
     model = dataset / 'run' / '0002.h5'
     vol, seg = blob(np.array(SHAPE) / 2 + (2, 1, 0))

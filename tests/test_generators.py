@@ -21,6 +21,9 @@ def test_scan_to_atlas_and_scan_to_scan(rng):
             assert not np.array_equal(m, f)
     with pytest.raises(ValueError, match='at least 2'):
         next(generators.scan_to_scan(vols[:1]))
+    # one scan, augmented on each side by the training pipeline: paired with itself
+    (moving, fixed), _ = next(generators.scan_to_scan(vols[:1], 2, rng=rng, self_pairs=True))
+    assert np.array_equal(moving, fixed) and np.array_equal(moving[1, ..., 0], vols[0])
 
 
 def test_list_and_load(tmp_path, rng):

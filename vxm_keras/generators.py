@@ -134,17 +134,20 @@ def scan_to_atlas(vols, atlas, batch_size=1, flow_shape=None, rng=None, sampler=
             yield [_batch(vols, idx), fixed, _batch(segs, idx).astype(np.float32)], [fixed, zeros, fixed_seg]
 
 
-def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, sampler=None, segs=None, flow_channels=None):
+def scan_to_scan(vols, batch_size=1, flow_shape=None, rng=None, sampler=None, segs=None, flow_channels=None,
+                 self_pairs=False):
     """Endless generator of random pairs of distinct scans ``(moving, fixed)``; arguments as
-    in :func:`scan_to_atlas` (``segs`` adds ``moving_seg`` and ``fixed_seg``)."""
-    if len(vols) < 2:
+    in :func:`scan_to_atlas` (``segs`` adds ``moving_seg`` and ``fixed_seg``). ``self_pairs``:
+    a single scan is paired with itself (for training that augments the two sides of a pair
+    independently, so the copies differ)."""
+    if len(vols) < 2 and not (self_pairs and len(vols) == 1):
         raise ValueError('scan-to-scan training needs at least 2 volumes')
     rngs = _batch_rngs(rng, sampler)
     spatial = vols.shape[1:]
     flow_shape = tuple(spatial if flow_shape is None else flow_shape)
     zeros = np.zeros((batch_size, *flow_shape, flow_channels or len(spatial)), np.float32)
     for rng in rngs:
-        pairs = np.array([rng.choice(len(vols), 2, replace=False) for _ in range(batch_size)])
+        pairs = np.array([rng.choice(len(vols), 2, replace=len(vols) == 1) for _ in range(batch_size)])
         moving, fixed = _batch(vols, pairs[:, 0]), _batch(vols, pairs[:, 1])
         if segs is None:
             yield [moving, fixed], [fixed, zeros]

@@ -219,9 +219,10 @@ def run(args):
         atlas = load_volfile(args.atlas, check_finite=True)
         if atlas.ndim not in (2, 3):
             fail(f'{args.atlas}: expected a 2-D or 3-D atlas, got shape {atlas.shape}')
-    if atlas is None and len(files) < 2:
+    if atlas is None and len(files) < 2 and not (args.augment or args.synth):
         fail(f'scan-to-scan training (--atlas none) needs at least 2 scans, got {len(files)} '
-             f'({files[0]}); give more scans or an atlas')
+             f'({files[0]}); give more scans, an atlas, or --augment (pairs of one scan with itself, '
+             'each side deformed on its own)')
     vols = generators.load_volumes(files, shape=None if atlas is None else atlas.shape)
     inshape = vols.shape[1:]
     print(f'{len(files)} training scans of shape {inshape}; '
@@ -280,7 +281,8 @@ def run(args):
     sampler = generators.Sampler(args.seed, start=initial_epoch * args.steps_per_epoch, worker=worker)
     shapes = generators.zeros_shape(model)
     if atlas is None:
-        gen = generators.scan_to_scan(vols, args.batch_size, sampler=sampler, segs=segs, **shapes)
+        gen = generators.scan_to_scan(vols, args.batch_size, sampler=sampler, segs=segs,
+                                      self_pairs=bool(args.augment), **shapes)
     else:
         gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, sampler=sampler,
                                        segs=segs, atlas_seg=atlas_seg, **shapes)
