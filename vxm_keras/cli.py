@@ -88,7 +88,8 @@ def schedule_options():
 
 def registration_options(default_optimize):
     """How a pair is registered: ``--model``-independent refinement options shared by register.py
-    and test.py: ``--optimize``, ``--optimize-lambda``, ``--cascade``; :func:`check_registration`."""
+    and test.py: ``--optimize``, ``--optimize-lambda``, ``--optimize-coarse``, ``--optimize-fine``,
+    ``--cascade``; :func:`check_registration`."""
     p = _parent()
     p.add_argument('--optimize', type=int, default=default_optimize, metavar='N',
                    help='refine the predicted field on the pair with N Adam steps of the training loss '
@@ -98,7 +99,10 @@ def registration_options(default_optimize):
                    help='smoothness weight of that refinement (default 2: folding stays below 0.5 %%)')
     p.add_argument('--optimize-coarse', dest='optimize_coarse', type=int, default=None, metavar='N',
                    help='before those steps, N steps on the pair at a quarter of its resolution (a coarse '
-                        'increment of the field, for large deformations; each about half the cost of a step)')
+                        'increment of the field, for large deformations; each about a fifth of the cost of a step)')
+    p.add_argument('--optimize-fine', dest='optimize_fine', type=int, default=None, metavar='N',
+                   help='after them, N steps on the full-resolution pair (smoothness 4; each about 7 times '
+                        'the cost of a half-resolution step; default 5)')
     p.add_argument('--cascade', type=int, default=1, metavar='K',
                    help='apply the network K times, each on the previous result, composing the fields')
     return p
@@ -111,13 +115,16 @@ def check_registration(args):
         fail(f'--optimize must be >= 0 and --cascade >= 1, got {args.optimize} and {args.cascade}')
     if args.optimize_lambda is not None and not args.optimize_lambda >= 0:
         fail(f'--optimize-lambda must be >= 0, got {args.optimize_lambda}')
-    if args.optimize_coarse is not None and args.optimize_coarse < 0:
-        fail(f'--optimize-coarse must be >= 0, got {args.optimize_coarse}')
+    for flag, value in [('--optimize-coarse', args.optimize_coarse), ('--optimize-fine', args.optimize_fine)]:
+        if value is not None and value < 0:
+            fail(f'{flag} must be >= 0, got {value}')
     options = dict(optimize=args.optimize, cascade=args.cascade)
     if args.optimize_lambda is not None:
         options['lam'] = args.optimize_lambda
     if args.optimize_coarse is not None:
         options['coarse'] = args.optimize_coarse
+    if args.optimize_fine is not None:
+        options['fine'] = args.optimize_fine
     return options
 
 

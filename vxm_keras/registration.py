@@ -13,9 +13,10 @@ models) its inverse. Two ways to go past the plain prediction:
 
 * ``optimize=N``: instance-specific optimisation (Balakrishnan et al., TMI
   2019): the predicted field (a displacement on the U-Net's grid, or a
-  velocity) is refined on the given pair for ``N`` Adam steps of the training
-  loss ``-NCC(F, M o phi) + lambda * mean ||grad field||^2``, coarse to fine
-  (images at half resolution first, then, if asked, full resolution).
+  velocity) is refined on the given pair with Adam steps of the training
+  loss ``-NCC(F, M o phi) + lambda * mean ||grad field||^2``, coarse to fine:
+  ``coarse`` steps on the pair at a quarter of its resolution, ``N`` at half
+  resolution, ``fine`` at full resolution.
 * ``cascade=K``: the network applied recursively to its own output, the
   fields composed (Zhao et al., ICCV 2019), so one interpolation of the
   moving image in the end.
@@ -41,23 +42,28 @@ from .optim import adam_update
 
 # Defaults of the instance-specific optimisation, chosen on pairs of training subjects
 # (sub-01..06), never on the validation pairs (models/README.md): the Adam step (voxels of
-# the field's grid), the smoothness weight and the share of the steps run on the
-# half-resolution pair (a full-resolution step costs 8 times more and bought little Dice per
-# second). Smoothness (25 coarse + 25 steps; pairs of sub-01, 03, 05 / contrast-inverted /
-# known deformations): 4 -> Dice 0.792 / 0.766 / 0.840, folding 0.09 / 0.04 / 0.002 %;
-# 2 -> 0.795 / 0.763 / 0.852, 0.27 / 0.25 / 0.01 %; 1 -> 0.794 / 0.752 / 0.855, 0.52 / 0.80 /
-# 0.03 %. A smaller weight in the coarse stage alone (1, then 4) gave 0.841 on the known
-# deformations: the fine stage's weight is what holds large deformations back.
+# the field's grid) and the smoothness weight of the half-resolution steps. Smoothness (25
+# coarse + 25 steps; pairs of sub-01, 03, 05 / contrast-inverted / known deformations): 4 ->
+# Dice 0.792 / 0.766 / 0.840, folding 0.09 / 0.04 / 0.002 %; 2 -> 0.795 / 0.763 / 0.852, 0.27 /
+# 0.25 / 0.01 %; 1 -> 0.794 / 0.752 / 0.855, 0.52 / 0.80 / 0.03 %. A smaller weight in the
+# coarse stage alone (1, then 4) gave 0.841 on the known deformations.
 DEFAULT_LR = 0.1
 OPT_LAMBDA = 2.0
-COARSE_SHARE = 1.0
 # Steps on the pair at a quarter of its resolution before those: a coarse increment of the field
-# that follows large deformations cheaply (25 of them add about 2 s at 160x192x224 on 2 cores). Chosen
+# that follows large deformations cheaply (25 of them add about 1 s at 160x192x224 on 2 cores). Chosen
 # on training subjects (pairs of sub-01, 03, 05, contrast-inverted and synthetically warped
 # copies; 25 half-resolution steps after): 0 / 25 / 50 gave Dice 0.789 / 0.792 / 0.793 on the
 # pairs, 0.725 / 0.766 / 0.765 inverted, 0.818 / 0.840 / 0.840 on the known deformations.
 COARSE_STEPS = 25
-
+# Steps on the full-resolution pair after the half-resolution ones, with their own Adam state and
+# a stiffer smoothness (the 9^3 NCC window sees finer structure there, and folds sooner). Each
+# costs about 7.5 half-resolution steps (1.33 s against 0.18 s), and buys more Dice a second on
+# the same training-subject sets (25 coarse steps first): 25 half-resolution steps -> 0.795 /
+# 0.763 / 0.852, folding 0.27 %; 50 -> 0.796 / 0.767 / 0.857; 20 + 5 full-resolution at smoothness
+# 4 -> 0.798 / 0.766 / 0.872, folding 0.20 %; 20 + 5 at 2 (one Adam throughout) -> 0.801 / 0.771 /
+# 0.885 but 0.50 % folding.
+FINE_STEPS = 5
+FINE_LAMBDA = 4.0
 
 @dataclasses.dataclass
 class Result:
@@ -132,19 +138,23 @@ class Registration:
     # -- registration --------------------------------------------------------------------------
 
     def register(self, moving, fixed, inverse=False, optimize=0, cascade=1, lam=OPT_LAMBDA, lr=DEFAULT_LR,
-                 image_loss='ncc', coarse=None):
+                 image_loss='ncc', coarse=None, fine=None, fine_lam=FINE_LAMBDA):
         """Register ``moving`` to ``fixed``.
 
         Args:
             moving, fixed: ``(*inshape)`` arrays, intensities in [0, 1].
             inverse: also return the inverse displacement (diffeomorphic models).
-            optimize: Adam steps of instance-specific optimisation (0: the network alone).
+            optimize: Adam steps of instance-specific optimisation on the pair at half
+                resolution (full resolution for models whose field is on the full grid);
+                0: the network alone, and no ``coarse`` or ``fine`` steps either.
             cascade: network passes, each on the previous result, fields composed.
             lam: smoothness weight of the optimisation loss (``OPT_LAMBDA``).
             lr: Adam step size of the optimisation, voxels of the field's grid.
             image_loss: ``'ncc'`` (9^3 window) or ``'mse'`` for the optimisation.
             coarse: steps of the optimisation at a quarter of the resolution, before the
                 ``optimize`` steps (default ``COARSE_STEPS``; only with ``optimize`` > 0).
+            fine: steps at full resolution after them (default ``FINE_STEPS``; only with
+                ``optimize`` > 0), smoothness weight ``fine_lam``.
 
         Returns:
             :class:`Result`.
@@ -154,6 +164,8 @@ class Registration:
                              '(train.py --model vm2diff) does')
         if int(cascade) < 1 or int(optimize) < 0:
             raise ValueError(f'cascade must be >= 1 and optimize >= 0, got {cascade} and {optimize}')
+        if any(n is not None and int(n) < 0 for n in (coarse, fine)):
+            raise ValueError(f'coarse and fine steps must be >= 0, got {coarse} and {fine}')
         self.check(moving, 'moving')
         self.check(fixed, 'fixed')
         t0 = time.perf_counter()
@@ -166,7 +178,8 @@ class Registration:
             field = tf.convert_to_tensor(self._field_net.predict_on_batch([current, fixed_b]))
             if optimize and k == int(cascade) - 1:
                 field, history = self.optimize_field(field, current, fixed_b, int(optimize), lam=lam, lr=lr,
-                                                     image_loss=image_loss, quarter_steps=coarse)
+                                                     image_loss=image_loss, quarter_steps=coarse,
+                                                     fine_steps=fine, fine_lam=fine_lam)
             step_warp, step_inv = self._finish(field, tf.constant(bool(inverse)))
             warp = step_warp if warp is None else compose(warp, step_warp, self.indexing)
             if inverse:
@@ -184,42 +197,46 @@ class Registration:
         return warp, inv
 
     def optimize_field(self, field, moving, fixed, steps, lam=OPT_LAMBDA, lr=DEFAULT_LR, image_loss='ncc',
-                       coarse_share=None, quarter_steps=None):
-        """Instance-specific optimisation of a field on one pair.
+                       quarter_steps=None, fine_steps=None, fine_lam=FINE_LAMBDA):
+        """Instance-specific optimisation of a field on one pair, coarse to fine.
 
         Args:
             field: ``(1, *inshape / field_factor, ndim)`` start (the network's prediction).
             moving, fixed: ``(1, *inshape, 1)`` tensors.
-            steps: Adam steps in all; ``coarse_share`` (default ``COARSE_SHARE``) of them on
-                the pair average-pooled by 2 (when the field's grid is at least that coarse),
-                the rest at full resolution.
+            steps: Adam steps on the pair average-pooled by 2 (at full resolution when the
+                field's grid is finer than that), smoothness weight ``lam``.
             quarter_steps: Adam steps before those (default ``COARSE_STEPS``) on the pair
                 average-pooled by 4, optimising an increment of the field on a grid half as fine
                 as the field's, linearly upsampled onto it (3-D and 2-D fields whose grid
                 halves evenly).
-            lam, lr, image_loss: as in :meth:`register`.
+            fine_steps: Adam steps after them on the full-resolution pair (default
+                ``FINE_STEPS``), smoothness weight ``fine_lam``.
+            lr, image_loss: as in :meth:`register`.
+
+        Every stage starts its own Adam state: its gradients have their own scale.
 
         Returns:
             ``(field, losses)``: the refined field (a tensor like ``field``) and the loss
             after each step (each at the resolution of its stage).
         """
-        coarse_share = COARSE_SHARE if coarse_share is None else coarse_share
         quarter_steps = COARSE_STEPS if quarter_steps is None else int(quarter_steps)
+        fine_steps = FINE_STEPS if fine_steps is None else int(fine_steps)
         history = []
         if quarter_steps > 0 and all(n % 2 == 0 for n in field.shape[1:-1]):
             field = self._optimize_increment(field, moving, fixed, quarter_steps, lam, lr, image_loss, history)
-        coarse = int(round(steps * coarse_share)) if self.model.field_factor >= 2 else 0
-        variable = tf.Variable(field)
-        adam = (tf.Variable(tf.zeros_like(field)), tf.Variable(tf.zeros_like(field)))
-        model, t = self.model, 0
-        for scale, n in [(2, coarse), (1, steps - coarse)]:
+        half = 2 if self.model.field_factor >= 2 else 1
+        model = self.model
+        for scale, n, weight in [(half, steps, lam), (1, fine_steps, fine_lam)]:
             if n <= 0:
                 continue
-            step = self._step_fn(('field', scale, image_loss, float(lam)), image_loss, lam,
+            variable = tf.Variable(field)
+            adam = (tf.Variable(tf.zeros_like(field)), tf.Variable(tf.zeros_like(field)))
+            step = self._step_fn(('field', scale, image_loss, float(weight)), image_loss, weight,
                                  field_of=lambda variable, base: variable,
                                  warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
-            t = self._run_steps(step, variable, adam, tf.zeros(()), moving, fixed, scale, n, lr, t, history)
-        return tf.convert_to_tensor(variable), history
+            self._run_steps(step, variable, adam, tf.zeros(()), moving, fixed, scale, n, lr, history)
+            field = tf.convert_to_tensor(variable)
+        return field, history
 
     def _optimize_increment(self, field, moving, fixed, steps, lam, lr, image_loss, history):
         """``field + up(delta)`` after ``steps`` Adam steps on ``delta``, an increment on a grid half
@@ -240,7 +257,7 @@ class Registration:
                              field_of=lambda delta, base: base + delta, warp_of=warp_of)
         delta = tf.Variable(tf.zeros_like(base))
         adam = (tf.Variable(tf.zeros_like(base)), tf.Variable(tf.zeros_like(base)))
-        self._run_steps(step, delta, adam, base, moving, fixed, scale, steps, lr, 0, history)
+        self._run_steps(step, delta, adam, base, moving, fixed, scale, steps, lr, history)
         # the increment in the field grid's voxel units
         return field + spatial.rescale_field(tf.convert_to_tensor(delta), 2)
 
@@ -266,15 +283,13 @@ class Registration:
         return self._steps[key]
 
     @staticmethod
-    def _run_steps(step, variable, adam, base, moving, fixed, scale, n, lr, t, history):
-        """``n`` calls of ``step`` on the pair pooled by ``scale``, Adam's count going on from
-        ``t``; appends each loss to ``history`` and returns the last count."""
+    def _run_steps(step, variable, adam, base, moving, fixed, scale, n, lr, history):
+        """``n`` calls of ``step`` on the pair pooled by ``scale`` (Adam's count from 1);
+        appends each loss to ``history``."""
         m_s, f_s = _pool(moving, scale), _pool(fixed, scale)
-        for _ in range(n):
-            t += 1
+        for t in range(1, n + 1):
             loss = step(variable, *adam, base, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))
             history.append(float(loss))
-        return t
 
     # -- uncertainty ---------------------------------------------------------------------------
 

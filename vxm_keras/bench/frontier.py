@@ -7,8 +7,10 @@ refinement, beside ANTs SyN, on the same pairs in one process.
 Pairs are those of ``test.py --atlas none --invert-contrast --synthetic N``
 (:func:`vxm_keras.evaluation.scan_pairs`): every ordered pair of the test scans, the same with
 the moving contrast inverted, and each scan warped by known random deformations. A method is
-``MODEL:STEPS,...``: the model alone (``0``) or refined for that many Adam steps (``25``: with
-the default quarter-resolution steps first, as ``register.py``; ``25c0``: without them).
+``MODEL:STEPS,...``: the model alone (``0``) or refined for that many half-resolution Adam steps
+with the engine's default quarter- and full-resolution steps around them, as ``register.py``
+(``20``), or with the counts given: ``25c0`` without quarter-resolution steps, ``25f0`` without
+full-resolution ones, ``20c50f10``.
 
 Seconds are per pair, model loaded and its steps traced (one untimed registration of the first
 pair per method first): network, refinement and the label warp; SyN's registration and its label
@@ -26,40 +28,43 @@ import time
 from ..errors import UserError
 from ..shipped import REPO, shipped_file
 
-DEFAULT_METHODS = (shipped_file('models/vm2_scan2scan.h5') + ':0,25,100', shipped_file('models/vm2diff.h5') + ':0,50')
+DEFAULT_METHODS = (shipped_file('models/vm2_scan2scan.h5') + ':0,25f0,20,100', shipped_file('models/vm2diff.h5') + ':0,50')
 SET_TITLES = {'pairs': 'real pairs', 'inverted': 'moving contrast inverted', 'synthetic': 'known deformations'}
 
 
 def parse_method(spec):
-    """``'MODEL:0,25,25c0'`` -> ``(MODEL, [(0, None), (25, None), (25, 0)])``: refinement steps
-    and quarter-resolution steps (``None``: the engine's default)."""
+    """``'MODEL:0,20,25f0,20c50f10'`` -> ``(MODEL, [(0, None, None), (20, None, None), (25, None, 0),
+    (20, 50, 10)])``: half-, quarter- and full-resolution steps (``None``: the engine's default)."""
     model, _, steps = spec.rpartition(':')
-    if not model or not re.fullmatch(r'\d+(c\d+)?(,\d+(c\d+)?)*', steps):
-        raise UserError(f'--methods {spec}: expected MODEL:STEPS[,STEPS...] with STEPS like 25 or 25c0')
+    item = r'\d+(c\d+)?(f\d+)?'
+    if not model or not re.fullmatch(rf'{item}(,{item})*', steps):
+        raise UserError(f'--methods {spec}: expected MODEL:STEPS[,STEPS...] with STEPS like 20, 25c0, 25f0 '
+                        'or 20c50f10')
     configs = []
-    for item in steps.split(','):
-        n, _, coarse = item.partition('c')
-        configs.append((int(n), int(coarse) if coarse else None))
+    for part in steps.split(','):
+        n, coarse, fine = re.fullmatch(r'(\d+)(?:c(\d+))?(?:f(\d+))?', part).groups()
+        configs.append((int(n), None if coarse is None else int(coarse), None if fine is None else int(fine)))
     return model, configs
 
 
-def method_name(model, optimize, coarse):
-    """The table's name of one configuration, e.g. ``vm2_scan2scan +25 steps``."""
+def method_name(model, optimize, coarse=None, fine=None):
+    """The table's name of one configuration, e.g. ``vm2_scan2scan +20 steps (0 fine)``."""
     base = os.path.splitext(os.path.basename(model))[0]
     if not optimize:
         return f'{base}, network alone'
-    return f'{base} +{optimize} steps' + ('' if coarse is None else f' ({coarse} coarse)')
+    counts = [f'{n} {what}' for n, what in [(coarse, 'coarse'), (fine, 'fine')] if n is not None]
+    return f'{base} +{optimize} steps' + (f' ({", ".join(counts)})' if counts else '')
 
 
 def collect(scans, methods, sets=('pairs', 'inverted', 'synthetic'), synthetic=2, peers=True, log=print):
     """Register every pair with every configuration (and SyN); returns the results as plain JSON
     types: ``{'pairs': [{'name', 'set', 'affine'}], 'methods': [{'name', 'model', 'optimize',
-    'coarse', 'pairs': [{'name', 'dice', 'folding', 'seconds'}]}], ...}``, Dice the mean over
+    'coarse', 'fine', 'pairs': [{'name', 'dice', 'folding', 'seconds'}]}], ...}``, Dice the mean over
     the papers' structures present in both scans of a pair, folding the fraction of voxels with
     Jacobian determinant <= 0.
 
     ``scans``: ``[(name, vol, seg)]`` (:func:`vxm_keras.evaluation.load_scans`); ``methods``:
-    ``[(model_path, [(optimize, coarse), ...])]`` (:func:`parse_method`).
+    ``[(model_path, [(optimize, coarse, fine), ...])]`` (:func:`parse_method`).
     """
     import numpy as np
 
@@ -89,12 +94,12 @@ def collect(scans, methods, sets=('pairs', 'inverted', 'synthetic'), synthetic=2
                 reg.check(vol, name)
         except ValueError as err:
             raise UserError(f'{err} ({model})') from None
-        for optimize, coarse in configs:
-            options = dict(optimize=optimize, coarse=coarse)
+        for optimize, coarse, fine in configs:
+            options = dict(optimize=optimize, coarse=coarse, fine=fine)
             _, _, (va, _), (vb, _) = pairs[0]
             reg.register(va, vb, **options)  # traces this configuration's steps: not timed
-            entry = {'name': method_name(model, optimize, coarse), 'model': model, 'optimize': optimize,
-                     'coarse': coarse, 'pairs': []}
+            entry = {'name': method_name(model, optimize, coarse, fine), 'model': model, 'optimize': optimize,
+                     'coarse': coarse, 'fine': fine, 'pairs': []}
             for k, (name, _, (va, sa), (vb, _)) in enumerate(pairs):
                 t = time.perf_counter()
                 result = reg.register(va, vb, **options)
@@ -106,7 +111,7 @@ def collect(scans, methods, sets=('pairs', 'inverted', 'synthetic'), synthetic=2
             out['methods'].append(entry)
     if peers:
         entry = {'name': 'ANTs SyN (antspyx defaults)', 'model': None, 'optimize': None, 'coarse': None,
-                 'pairs': []}
+                 'fine': None, 'pairs': []}
         for k, (name, _, (va, sa), (vb, _)) in enumerate(pairs):
             moved_seg, seconds = ants_syn(va, vb, sa)
             entry['pairs'].append({'name': name, 'dice': dice_of(moved_seg, k), 'folding': None, 'seconds': seconds})

@@ -121,7 +121,7 @@ def run(args):
     if args.peers and importlib.util.find_spec('ants') is None:
         fail("--peers needs antspyx: pip install -e '.[peers]'")
     peer_seconds = []
-    from ..registration import COARSE_STEPS, Registration
+    from ..registration import COARSE_STEPS, FINE_STEPS, Registration
     try:
         reg = Registration(model)
     except ValueError as err:
@@ -170,7 +170,8 @@ def run(args):
 
     title = '30 structures' + (' (atlas space, pairs of test scans)' if atlas_mode else '')
     report = _report(rows, labels, folding, seconds, title, args.model, peer_seconds=peer_seconds,
-                     options=dict(options, coarse=options.get('coarse', COARSE_STEPS)) if args.optimize else options)
+                     options=dict(options, coarse=options.get('coarse', COARSE_STEPS),
+                                  fine=options.get('fine', FINE_STEPS)) if args.optimize else options)
     print(report)
     if args.out_dir:
         _write_outputs(args.out_dir, rows, report, labels)

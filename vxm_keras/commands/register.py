@@ -49,7 +49,7 @@ FIGURE_EXTENSIONS = ('.png', '.pdf', '.svg', '.jpg', '.jpeg')
 # refinement steps by default: on brains the models never saw, 25 quarter-resolution steps and 25
 # half-resolution ones lift the scan-to-scan VM-2 from 0.725 to 0.778 Dice, past ANTs SyN (0.759 in
 # the same run), in 6.5 s against SyN's 51 s (models/README.md)
-DEFAULT_OPTIMIZE = 25
+DEFAULT_OPTIMIZE = 20
 
 
 def build_parser():
