@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO, scipy_warp, user_error
 
@@ -29,7 +30,9 @@ def test_frontier_registers_every_pair_and_reports_what_it_measured(dataset, tmp
     assert frontier.main(argv) == 0
     results = json.loads((tmp_path / 'F.json').read_text())
     assert [p['set'] for p in results['pairs']] == ['pairs', 'pairs', 'synthetic', 'synthetic']
-    assert [(m['optimize'], m['coarse']) for m in results['methods']] == [(0, None), (3, 2)]
+    assert [(m['optimize'], m['coarse'], m['fine']) for m in results['methods']] == [(0, None, None), (3, 2, None)]
+    # a training checkpoint is named with its folder: two runs' 0002.h5 stay apart in the table
+    assert [m['name'] for m in results['methods']] == ['run/0002, network alone', 'run/0002 +3 steps (2 coarse)']
     # the affine row of a real pair is the Dice of the label maps as they are (label 17: the blob)
     segs = [load_volfile(s, key='seg') for s in scans]
     vols = [load_volfile(s) for s in scans]
@@ -62,3 +65,13 @@ def test_frontier_bad_method_is_one_line_before_tensorflow(tmp_path):
                            '--out', str(tmp_path / 'F.md')], capture_output=True, text=True, cwd=REPO)
     assert 'expected MODEL:STEPS' in user_error(proc)
     assert not (tmp_path / 'F.md').exists()
+
+
+def test_method_specs():
+    from vxm_keras.bench.frontier import parse_method
+    from vxm_keras.errors import UserError
+    assert parse_method('m.h5:0,20,25f0,20c50f10') == ('m.h5', [(0, None, None), (20, None, None), (25, None, 0),
+                                                              (20, 50, 10)])
+    for bad in ['m.h5:25x', 'm.h5:f5', 'm.h5:', '25']:
+        with pytest.raises(UserError, match='expected MODEL:STEPS'):
+            parse_method(bad)

@@ -48,8 +48,11 @@ def parse_method(spec):
 
 
 def method_name(model, optimize, coarse=None, fine=None):
-    """The table's name of one configuration, e.g. ``vm2_scan2scan +20 steps (0 fine)``."""
+    """The table's name of one configuration, e.g. ``vm2_scan2scan +20 steps (0 fine)``; a
+    training checkpoint (``runs/vm1/0006.h5``) is named with its folder (``vm1/0006``)."""
     base = os.path.splitext(os.path.basename(model))[0]
+    if base.isdigit():
+        base = f'{os.path.basename(os.path.dirname(os.path.abspath(model)))}/{base}'
     if not optimize:
         return f'{base}, network alone'
     counts = [f'{n} {what}' for n, what in [(coarse, 'coarse'), (fine, 'fine')] if n is not None]
