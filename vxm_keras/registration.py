@@ -60,7 +60,7 @@ COARSE_STEPS = 25
 # costs about 7.5 half-resolution steps (1.33 s against 0.18 s), and buys more Dice a second on
 # the same training-subject sets (25 coarse steps first): 25 half-resolution steps -> 0.795 /
 # 0.763 / 0.852, folding 0.27 %; 50 -> 0.796 / 0.767 / 0.857; 20 + 5 full-resolution at smoothness
-# 4 -> 0.798 / 0.766 / 0.872, folding 0.20 %; 20 + 5 at 2 (one Adam throughout) -> 0.801 / 0.771 /
+# 4 -> 0.798 / 0.766 / 0.872, folding 0.20 %; 15 + 10 at 2 (one Adam throughout) -> 0.801 / 0.771 /
 # 0.885 but 0.50 % folding.
 FINE_STEPS = 5
 FINE_LAMBDA = 4.0
