@@ -65,6 +65,7 @@ COARSE_STEPS = 25
 FINE_STEPS = 5
 FINE_LAMBDA = 4.0
 
+
 @dataclasses.dataclass
 class Result:
     """One registration. ``moved`` ``(*spatial)``; ``warp`` and ``inverse`` ``(*spatial, ndim)``
