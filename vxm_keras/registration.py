@@ -231,11 +231,10 @@ class Registration:
             if n <= 0:
                 continue
             variable = tf.Variable(field)
-            adam = (tf.Variable(tf.zeros_like(field)), tf.Variable(tf.zeros_like(field)))
             step = self._step_fn(('field', scale, image_loss, float(weight)), image_loss, weight,
                                  field_of=lambda variable, base: variable,
                                  warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
-            self._run_steps(step, variable, adam, tf.zeros(()), moving, fixed, scale, n, lr, history)
+            self._run_steps(step, variable, tf.zeros(()), moving, fixed, scale, n, lr, history)
             field = tf.convert_to_tensor(variable)
         return field, history
 
@@ -257,8 +256,7 @@ class Registration:
         step = self._step_fn(('increment', scale, image_loss, float(lam)), image_loss, lam,
                              field_of=lambda delta, base: base + delta, warp_of=warp_of)
         delta = tf.Variable(tf.zeros_like(base))
-        adam = (tf.Variable(tf.zeros_like(base)), tf.Variable(tf.zeros_like(base)))
-        self._run_steps(step, delta, adam, base, moving, fixed, scale, steps, lr, history)
+        self._run_steps(step, delta, base, moving, fixed, scale, steps, lr, history)
         # the increment in the field grid's voxel units
         return field + spatial.rescale_field(tf.convert_to_tensor(delta), 2)
 
@@ -284,9 +282,10 @@ class Registration:
         return self._steps[key]
 
     @staticmethod
-    def _run_steps(step, variable, adam, base, moving, fixed, scale, n, lr, history):
-        """``n`` calls of ``step`` on the pair pooled by ``scale`` (Adam's count from 1);
-        appends each loss to ``history``."""
+    def _run_steps(step, variable, base, moving, fixed, scale, n, lr, history):
+        """``n`` calls of ``step`` on the pair pooled by ``scale``, from a fresh Adam state (moments
+        zero, count from 1: every stage starts its own); appends each loss to ``history``."""
+        adam = (tf.Variable(tf.zeros_like(variable)), tf.Variable(tf.zeros_like(variable)))
         m_s, f_s = _pool(moving, scale), _pool(fixed, scale)
         for t in range(1, n + 1):
             loss = step(variable, *adam, base, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))

@@ -28,7 +28,8 @@ import time
 from ..errors import UserError
 from ..shipped import REPO, shipped_file
 
-DEFAULT_METHODS = (shipped_file('models/vm2_scan2scan.h5') + ':0,25f0,20,100', shipped_file('models/vm2diff.h5') + ':0,50')
+DEFAULT_METHODS = (shipped_file('models/vm2_scan2scan.h5') + ':0,25f0,20,100',
+                   shipped_file('models/vm2diff.h5') + ':0,50')
 SET_TITLES = {'pairs': 'real pairs', 'inverted': 'moving contrast inverted', 'synthetic': 'known deformations'}
 
 

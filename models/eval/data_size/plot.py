@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 from vxm_keras.evaluation import read_scores  # noqa: E402
 STEPS_PER_EPOCH = 100
-# run name -> (subjects, how the pairs were made)
+# suffix of a run's name (n<subjects><suffix>) -> how its training pairs were made
 KINDS = {'': 'real pairs', 'aug': 'the scan with itself, each side augmented',
          'synth': 'images synthesised from label maps (+ 20 SynthSeg maps)'}
 

@@ -17,15 +17,14 @@ runs=${1:-runs/data_size}
 steps=${STEPS:-300}
 synth_maps=${SYNTH_MAPS:-../shared/data/synthseg_label_maps}
 for name in ${RUNS:-n2 n6 n4 vm1_n6 n1aug n6synth}; do
+  arch=vm2
   case $name in
     n1aug) list=models/splits/train_1.txt; extra=(--augment) ;;
-    vm1_n6) list=models/splits/train.txt; extra=() ;;
+    vm1_n6) list=models/splits/train.txt; extra=(); arch=vm1 ;;
     n6synth) list=models/splits/train.txt; extra=(--synth "$synth_maps") ;;
     n6) list=models/splits/train.txt; extra=() ;;
     *) list=models/splits/train_${name#n}.txt; extra=() ;;
   esac
-  arch=vm2
-  [ "$name" = vm1_n6 ] && arch=vm1
   dir="$runs/$name"
   if [ "${2:-train}" = train ]; then
     last=$(ls "$dir"/[0-9][0-9][0-9][0-9].h5 2>/dev/null | tail -1 || true)
