@@ -34,6 +34,31 @@ def test_ncc_matches_bruteforce(rng, shape, win):
     assert float(value) == pytest.approx(-ref.mean(), abs=1e-5)
 
 
+def test_ncc_prepared_fixed_image_reused_for_many_moving(rng):
+    """One ``prepare`` of the fixed image (as the refinement does once per stage) serves every
+    moving image: values equal the brute-force NCC, and the gradient with respect to the
+    moving image equals central finite differences of the brute force."""
+    from scipy.ndimage import gaussian_filter
+    shape, win = (9, 10, 8), 5
+    I = gaussian_filter(rng.random(shape), 1.0)
+    loss = losses.NCC(win=win)
+    prepared = loss.prepare(tf.constant(I[None, ..., None], tf.float32))
+    for scale, offset in [(0.7, 0.2), (-1.3, 0.9)]:
+        J = scale * I + 0.1 * gaussian_filter(rng.random(shape), 1.0) + offset
+        Jt = tf.Variable(J[None, ..., None].astype(np.float32))
+        with tf.GradientTape() as tape:
+            value = loss.prepared_loss(prepared, Jt)
+        grad = tape.gradient(value, Jt).numpy()[0, ..., 0]
+        assert float(value[0]) == pytest.approx(-ncc_bruteforce(I, J, [win] * 3).mean(), abs=1e-5)
+        h = 1e-4
+        for idx in [(0, 0, 0), (4, 5, 3), (8, 9, 7), (2, 7, 4)]:
+            Jp, Jm = J.copy(), J.copy()
+            Jp[idx] += h
+            Jm[idx] -= h
+            fd = -(ncc_bruteforce(I, Jp, [win] * 3).mean() - ncc_bruteforce(I, Jm, [win] * 3).mean()) / (2 * h)
+            assert grad[idx] == pytest.approx(fd, rel=2e-2, abs=2e-5)
+
+
 def test_ncc_batch_and_channels_are_independent(rng):
     shape = (2, 10, 11, 9, 2)
     I, J = rng.random(shape), rng.random(shape)

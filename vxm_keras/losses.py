@@ -90,13 +90,29 @@ class NCC(keras.losses.Loss):
 
     def ncc_map(self, y_true, y_pred):
         """Per-voxel ``cc``, shape ``(batch, *spatial, channels)``."""
+        return self._cc(self.prepare(y_true), y_pred)
+
+    def prepare(self, y_true):
+        """The fixed image's share of the work, done once for any number of ``y_pred``
+        (an optimisation against one fixed image): pass the result to :meth:`prepared_loss`.
+        Returns a tuple of tensors ``(y_true, window sums of its centred terms, its mean)``."""
         y_true = tf.cast(y_true, tf.float32)
+        true_terms, a = _ncc_fixed_terms(y_true)
+        return y_true, box_sum(true_terms, self._window(len(y_true.shape) - 2)), a
+
+    def prepared_loss(self, prepared, y_pred):
+        """``-NCC`` per batch element, as :meth:`call`, with the fixed image's part from
+        :meth:`prepare`; the same numbers."""
+        return -_per_sample_mean(self._cc(prepared, y_pred))
+
+    def _cc(self, prepared, y_pred):
+        y_true, true_sums, a = prepared
         y_pred = tf.cast(y_pred, tf.float32)
         win = self._window(len(y_pred.shape) - 2)
-        # two box sums: in training only y_pred has a gradient, and the backward pass
-        # then needs the box sums of 3 channels instead of 5
-        true_terms, pred_terms, a, b = _ncc_terms(y_true, y_pred)
-        return _ncc_combine(box_sum(true_terms, win), box_sum(pred_terms, win), a, b, tuple(win), self.eps)
+        # the fixed and moving terms are box-summed apart: in training only y_pred has a
+        # gradient, and the backward pass then needs the box sums of 3 channels instead of 5
+        pred_terms, b = _ncc_moving_terms(y_true, a, y_pred)
+        return _ncc_combine(true_sums, box_sum(pred_terms, win), a, b, tuple(win), self.eps)
 
     def call(self, y_true, y_pred):
         return -_per_sample_mean(self.ncc_map(y_true, y_pred))
@@ -108,18 +124,26 @@ class NCC(keras.losses.Loss):
 
 
 @_fused
-def _ncc_terms(y_true, y_pred):
-    """Centred images and their products: ``[I', I'^2]``, ``[J', J'^2, I'J']`` and the means."""
-    axes = list(range(1, len(y_pred.shape) - 1))
+def _ncc_fixed_terms(y_true):
+    """The centred fixed image and its square, ``[I', I'^2]``, and its mean ``a``."""
+    axes = list(range(1, len(y_true.shape) - 1))
     a = tf.stop_gradient(tf.reduce_mean(y_true, axes, keepdims=True))
+    i = y_true - a
+    return tf.concat([i, i * i], -1), a
+
+
+@_fused
+def _ncc_moving_terms(y_true, a, y_pred):
+    """``[J', J'^2, I'J']`` and the mean ``b`` of the moved image."""
+    axes = list(range(1, len(y_pred.shape) - 1))
     b = tf.stop_gradient(tf.reduce_mean(y_pred, axes, keepdims=True))
-    i, j = y_true - a, y_pred - b
-    return tf.concat([i, i * i], -1), tf.concat([j, j * j, i * j], -1), a, b
+    j = y_pred - b
+    return tf.concat([j, j * j, (y_true - a) * j], -1), b
 
 
 @_fused
 def _ncc_combine(true_sums, pred_sums, a, b, win, eps):
-    """``cc`` from the window sums of :func:`_ncc_terms` (see :class:`NCC`)."""
+    """``cc`` from the window sums of the terms above (see :class:`NCC`)."""
     # I = I' + a inside the volume, 0 outside (the padding). With m the
     # in-volume count of a window and r = 1 - m / n, exactly:
     #   cross = S[I'J'] - S[I']S[J']/n + r (a S[J'] + b S[I'] + a b m)
@@ -159,6 +183,15 @@ class MSE(keras.losses.Loss):
         if self.image_sigma is not None:
             mse = mse / (self.image_sigma ** 2)
         return mse
+
+    def prepare(self, y_true):
+        """The fixed image for :meth:`prepared_loss` (the interface of :meth:`NCC.prepare`;
+        nothing to precompute here)."""
+        return tf.cast(y_true, tf.float32)
+
+    def prepared_loss(self, prepared, y_pred):
+        """:meth:`call` with the fixed image from :meth:`prepare`."""
+        return self.call(prepared, y_pred)
 
     def get_config(self):
         config = super().get_config()

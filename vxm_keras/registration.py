@@ -231,10 +231,10 @@ class Registration:
             if n <= 0:
                 continue
             variable = tf.Variable(field)
-            step = self._step_fn(('field', scale, image_loss, float(weight)), image_loss, weight,
-                                 field_of=lambda variable, base: variable,
-                                 warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
-            self._run_steps(step, variable, tf.zeros(()), moving, fixed, scale, n, lr, history)
+            stage = self._step_fn(('field', scale, image_loss, float(weight)), image_loss, weight,
+                                  field_of=lambda variable, base: variable,
+                                  warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
+            self._run_steps(stage, variable, tf.zeros(()), moving, fixed, scale, n, lr, history)
             field = tf.convert_to_tensor(variable)
         return field, history
 
@@ -253,42 +253,46 @@ class Registration:
         def warp_of(coarse):
             return spatial.integrate_velocity(coarse, int_steps, indexing) if model.diffeomorphic else coarse
 
-        step = self._step_fn(('increment', scale, image_loss, float(lam)), image_loss, lam,
-                             field_of=lambda delta, base: base + delta, warp_of=warp_of)
+        stage = self._step_fn(('increment', scale, image_loss, float(lam)), image_loss, lam,
+                              field_of=lambda delta, base: base + delta, warp_of=warp_of)
         delta = tf.Variable(tf.zeros_like(base))
-        self._run_steps(step, delta, base, moving, fixed, scale, steps, lr, history)
+        self._run_steps(stage, delta, base, moving, fixed, scale, steps, lr, history)
         # the increment in the field grid's voxel units
         return field + spatial.rescale_field(tf.convert_to_tensor(delta), 2)
 
     def _step_fn(self, key, image_loss, lam, field_of, warp_of):
-        """One compiled Adam step of the optimisation loss, cached under ``key``: the variable
-        and ``base`` give the field (``field_of``), the field the displacement (``warp_of``);
-        the loss is ``similarity(fixed, moving o displacement) + lam * Grad(field)``."""
+        """One compiled Adam step of the optimisation loss and the fixed image's preparation
+        for it, ``(prepare, step)``, cached under ``key``: the variable and ``base`` give the
+        field (``field_of``), the field the displacement (``warp_of``); the loss is
+        ``similarity(fixed, moving o displacement) + lam * Grad(field)``."""
         if key in self._steps:
             return self._steps[key]
         sim = losses.NCC() if image_loss == 'ncc' else losses.MSE()
         smooth = losses.Grad('l2')
         indexing = self.indexing
 
-        def step(variable, m, v, base, moving, fixed, lr, t):
+        def step(variable, m, v, base, moving, prepared_fixed, lr, t):
             with tf.GradientTape() as tape:
                 field = field_of(variable, base)
                 moved = spatial.transform(moving, warp_of(field), 'linear', indexing=indexing)
-                loss = sim(fixed, moved) + lam * smooth(field, field)
+                loss = sim.prepared_loss(prepared_fixed, moved) + lam * smooth(field, field)
             adam_update(variable, m, v, tape.gradient(loss, variable), lr, t)
             return loss
 
-        self._steps[key] = tf.function(step, autograph=False)
+        # the fixed image's window sums are the same at every step of a stage: made once
+        self._steps[key] = (tf.function(sim.prepare, autograph=False), tf.function(step, autograph=False))
         return self._steps[key]
 
     @staticmethod
-    def _run_steps(step, variable, base, moving, fixed, scale, n, lr, history):
-        """``n`` calls of ``step`` on the pair pooled by ``scale``, from a fresh Adam state (moments
-        zero, count from 1: every stage starts its own); appends each loss to ``history``."""
+    def _run_steps(stage, variable, base, moving, fixed, scale, n, lr, history):
+        """``n`` steps of ``stage`` (from :meth:`_step_fn`) on the pair pooled by ``scale``, from a
+        fresh Adam state (moments zero, count from 1: every stage starts its own); appends each
+        loss to ``history``."""
+        prepare, step = stage
         adam = (tf.Variable(tf.zeros_like(variable)), tf.Variable(tf.zeros_like(variable)))
-        m_s, f_s = _pool(moving, scale), _pool(fixed, scale)
+        m_s, prepared_fixed = _pool(moving, scale), prepare(_pool(fixed, scale))
         for t in range(1, n + 1):
-            loss = step(variable, *adam, base, m_s, f_s, tf.constant(float(lr)), tf.constant(float(t)))
+            loss = step(variable, *adam, base, m_s, prepared_fixed, tf.constant(float(lr)), tf.constant(float(t)))
             history.append(float(loss))
 
     # -- uncertainty ---------------------------------------------------------------------------
