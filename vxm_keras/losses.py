@@ -8,28 +8,14 @@ fields are ``(batch, *spatial, ndim)`` displacements (or velocities) in voxel
 units.
 """
 
-import os
-
 import keras
 import numpy as np
 import tensorflow as tf
 
+from .fusion import fused as _fused
 from .spatial import box_sum
 
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
-
-
-def _fused(fn):
-    """``fn`` compiled by XLA (``jit_compile``), so its chain of elementwise ops and
-    reductions runs as a few loops instead of writing one full-size temporary per op,
-    forward and backward. The convolutions stay outside (XLA's are far slower on CPUs,
-    see bench/README.md). Measured at 160x192x224 on 2 cores: Grad forward + backward
-    1.26 s -> 0.085 s. ``VXM_XLA_FUSION=0`` in the environment (read at import) runs
-    the ops one by one instead, e.g. where XLA is unavailable.
-    """
-    if os.environ.get('VXM_XLA_FUSION', '1').strip() in ('0', 'false', 'False', 'off'):
-        return fn
-    return tf.function(fn, jit_compile=True, autograph=False)
 
 
 def _spatial_axes(x):

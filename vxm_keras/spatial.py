@@ -18,6 +18,8 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
+from .fusion import fused
+
 
 def interpn(vol, loc, interp_method='linear', fill_value=None):
     """Sample a batch of volumes at arbitrary (fractional) voxel locations.
@@ -226,13 +228,22 @@ def upsample_linear(x, factor):
         ``(batch, *spatial * factor, channels)`` float32 tensor.
     """
     y = tf.cast(x, tf.float32)
-    factor = int(factor)
-    if factor == 1:
+    if int(factor) == 1:
         return y
+    return _upsample_linear(y, int(factor))
+
+
+@fused
+def _upsample_linear(y, factor):
+    # slices, not gathers: a gather's gradient is a scatter, several times slower
     ndim = len(y.shape) - 2
     for axis in range(1, ndim + 1):
         n = y.shape[axis]
-        nxt = tf.concat([tf.gather(y, tf.range(1, n), axis=axis), tf.gather(y, [n - 1], axis=axis)], axis=axis)
+        rest, last = [0] * (ndim + 2), [0] * (ndim + 2)
+        rest[axis], last[axis] = 1, n - 1
+        size = [-1] * (ndim + 2)
+        size[axis] = 1
+        nxt = tf.concat([tf.slice(y, rest, [-1] * (ndim + 2)), tf.slice(y, last, size)], axis=axis)
         step = nxt - y
         # output index factor * k + r samples k + r / factor
         y = tf.stack([y + (r / factor) * step for r in range(factor)], axis=axis + 1)
