@@ -194,8 +194,8 @@ def test_dice_from_integer_labels_equals_one_hot(rng):
 
 
 def test_fusion_off_gives_the_same_losses_and_gradients(tmp_path):
-    """VXM_XLA_FUSION=0 (losses op by op, no XLA) in a fresh process: the same values and
-    gradients as the XLA-compiled losses of this process."""
+    """VXM_XLA_FUSION=0 (losses and field upsampling op by op, no XLA) in a fresh process: the
+    same values and gradients as the XLA-compiled ones of this process."""
     import os
     import subprocess
     import sys
@@ -207,7 +207,7 @@ def test_fusion_off_gives_the_same_losses_and_gradients(tmp_path):
 import sys
 import numpy as np
 import tensorflow as tf
-from vxm_keras import losses
+from vxm_keras import losses, spatial
 d = np.load(sys.argv[1])
 a, b, field = (tf.constant(d[k]) for k in ('a', 'b', 'field'))
 out = {}
@@ -218,6 +218,11 @@ for name, fn, x, y in [('ncc', losses.NCC(), a, b), ('mse', losses.MSE(0.1), a, 
         value = fn(x, y)
     out[name] = value.numpy()
     out[name + '_grad'] = tape.gradient(value, y).numpy()
+with tf.GradientTape() as tape:
+    tape.watch(field)
+    up = spatial.upsample_linear(field, 2)
+    value = tf.reduce_sum(up * up)
+out['upsample'], out['upsample_grad'] = up.numpy(), tape.gradient(value, field).numpy()
 out['compiled'] = np.array(hasattr(losses._grad, 'get_concrete_function'))
 np.savez(sys.argv[2], **out)
 '''
