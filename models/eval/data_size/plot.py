@@ -13,6 +13,8 @@ STEPS_PER_EPOCH = 100
 # suffix of a run's name (n<subjects><suffix>) -> how its training pairs were made
 KINDS = {'': 'real pairs', 'aug': 'the scan with itself, each side augmented',
          'synth': 'images synthesised from label maps (+ 20 SynthSeg maps)'}
+# one colour per kind of pairs in both panels (the real-pair runs take the default cycle on the left)
+COLORS = {'': 'k', 'aug': 'C3', 'synth': 'C4'}
 
 
 def main():
@@ -26,7 +28,8 @@ def main():
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for (kind, n), points in sorted(curves.items()):
         label = f'{n} subjects ({n * (n - 1)} pairs)' if not kind else f'{n} subject{"s" * (n > 1)}: {KINDS[kind]}'
-        ax.plot([p[0] for p in points], [p[1] for p in points], 'o-' if not kind else 's--', label=label)
+        ax.plot([p[0] for p in points], [p[1] for p in points], 'o-' if not kind else 's--', label=label,
+                **({'color': COLORS[kind]} if kind else {}))
     ax.set_xlabel('training steps from scratch (batch 1, lr 5e-4, lambda 1)')
     ax.set_ylabel('Dice, sub-07 <-> sub-08 (network alone)')
     ax.axhline(affine, color='gray', lw=0.8, ls=':')
@@ -37,7 +40,7 @@ def main():
     for kind in sorted({k for k, _ in curves}):
         last = {n: next(p for p in points if p[0] == common) for (k, n), points in sorted(curves.items()) if k == kind}
         ax2.errorbar(list(last), [p[1] for p in last.values()], yerr=[p[2] for p in last.values()],
-                     fmt='o-' if not kind else 's', label=KINDS[kind], capsize=3)
+                     fmt='o-' if not kind else 's', color=COLORS[kind], label=KINDS[kind], capsize=3)
     ax2.set_xticks(sorted({n for _, n in curves}))
     ax2.set_xlabel(f'training subjects (Dice after {common} steps; bars: std over the 2 pairs)')
     ax2.legend(fontsize=7)
