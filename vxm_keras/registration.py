@@ -57,11 +57,13 @@ OPT_LAMBDA = 2.0
 COARSE_STEPS = 25
 # Steps on the full-resolution pair after the half-resolution ones, with their own Adam state and
 # a stiffer smoothness (the 9^3 NCC window sees finer structure there, and folds sooner). Each
-# costs about 7.5 half-resolution steps (1.33 s against 0.18 s), and buys more Dice a second on
+# costs about 8 half-resolution steps (1.03 s against 0.128 s), and buys more Dice a second on
 # the same training-subject sets (25 coarse steps first): 25 half-resolution steps -> 0.795 /
 # 0.763 / 0.852, folding 0.27 %; 50 -> 0.796 / 0.767 / 0.857; 20 + 5 full-resolution at smoothness
 # 4 -> 0.798 / 0.766 / 0.872, folding 0.20 %; 15 + 10 at 2 (one Adam throughout) -> 0.801 / 0.771 /
-# 0.885 but 0.50 % folding.
+# 0.885 but 0.50 % folding. Around the default: 20 + 6 -> 0.798 / 0.767 / 0.875; 26 + 5 -> 0.798 /
+# 0.769 / 0.875; step 0.05 in the full-resolution stage -> 0.798 / 0.766 / 0.868: gains of 0.003
+# at most, for 0.8-1 s more a pair (the time budget: a fifth of ANTs SyN's).
 FINE_STEPS = 5
 FINE_LAMBDA = 4.0
 
