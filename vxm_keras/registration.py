@@ -233,7 +233,7 @@ class Registration:
             if n <= 0:
                 continue
             variable = tf.Variable(field)
-            stage = self._step_fn(('field', scale, image_loss, float(weight)), image_loss, weight,
+            stage = self._stage_fns(('field', scale, image_loss, float(weight)), image_loss, weight,
                                   field_of=lambda variable, base: variable,
                                   warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
             self._run_steps(stage, variable, tf.zeros(()), moving, fixed, scale, n, lr, history)
@@ -255,14 +255,14 @@ class Registration:
         def warp_of(coarse):
             return spatial.integrate_velocity(coarse, int_steps, indexing) if model.diffeomorphic else coarse
 
-        stage = self._step_fn(('increment', scale, image_loss, float(lam)), image_loss, lam,
+        stage = self._stage_fns(('increment', scale, image_loss, float(lam)), image_loss, lam,
                               field_of=lambda delta, base: base + delta, warp_of=warp_of)
         delta = tf.Variable(tf.zeros_like(base))
         self._run_steps(stage, delta, base, moving, fixed, scale, steps, lr, history)
         # the increment in the field grid's voxel units
         return field + spatial.rescale_field(tf.convert_to_tensor(delta), 2)
 
-    def _step_fn(self, key, image_loss, lam, field_of, warp_of):
+    def _stage_fns(self, key, image_loss, lam, field_of, warp_of):
         """One compiled Adam step of the optimisation loss and the fixed image's preparation
         for it, ``(prepare, step)``, cached under ``key``: the variable and ``base`` give the
         field (``field_of``), the field the displacement (``warp_of``); the loss is
@@ -287,7 +287,7 @@ class Registration:
 
     @staticmethod
     def _run_steps(stage, variable, base, moving, fixed, scale, n, lr, history):
-        """``n`` steps of ``stage`` (from :meth:`_step_fn`) on the pair pooled by ``scale``, from a
+        """``n`` steps of ``stage`` (from :meth:`_stage_fns`) on the pair pooled by ``scale``, from a
         fresh Adam state (moments zero, count from 1: every stage starts its own); appends each
         loss to ``history``."""
         prepare, step = stage
