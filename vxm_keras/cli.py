@@ -99,9 +99,9 @@ def registration_options(default_optimize):
                    help='smoothness weight of that refinement (default 2: folding stays below 0.5 %%)')
     p.add_argument('--optimize-coarse', dest='optimize_coarse', type=int, default=None, metavar='N',
                    help='before those steps, N steps on the pair at a quarter of its resolution (a coarse '
-                        'increment of the field, for large deformations; each about a fifth of the cost of a step)')
+                        'increment of the field, for large deformations; each about a quarter of the cost of a step)')
     p.add_argument('--optimize-fine', dest='optimize_fine', type=int, default=None, metavar='N',
-                   help='after them, N steps on the full-resolution pair (smoothness 4; each about 7 times '
+                   help='after them, N steps on the full-resolution pair (smoothness 4; each about 8 times '
                         'the cost of a half-resolution step; default 5)')
     p.add_argument('--cascade', type=int, default=1, metavar='K',
                    help='apply the network K times, each on the previous result, composing the fields')

@@ -234,8 +234,8 @@ class Registration:
                 continue
             variable = tf.Variable(field)
             stage = self._stage_fns(('field', scale, image_loss, float(weight)), image_loss, weight,
-                                  field_of=lambda variable, base: variable,
-                                  warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
+                                    field_of=lambda variable, base: variable,
+                                    warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
             self._run_steps(stage, variable, tf.zeros(()), moving, fixed, scale, n, lr, history)
             field = tf.convert_to_tensor(variable)
         return field, history
@@ -256,7 +256,7 @@ class Registration:
             return spatial.integrate_velocity(coarse, int_steps, indexing) if model.diffeomorphic else coarse
 
         stage = self._stage_fns(('increment', scale, image_loss, float(lam)), image_loss, lam,
-                              field_of=lambda delta, base: base + delta, warp_of=warp_of)
+                                field_of=lambda delta, base: base + delta, warp_of=warp_of)
         delta = tf.Variable(tf.zeros_like(base))
         self._run_steps(stage, delta, base, moving, fixed, scale, steps, lr, history)
         # the increment in the field grid's voxel units

@@ -235,7 +235,8 @@ def upsample_linear(x, factor):
 
 @fused
 def _upsample_linear(y, factor):
-    # slices, not gathers: a gather's gradient is a scatter, several times slower
+    # tf.slice, not gathers (a gather's gradient is a scatter) nor strided slices y[..., 1:]
+    # (their gradient took 0.22 s against 0.11 s at 160x192x224 without XLA)
     ndim = len(y.shape) - 2
     for axis in range(1, ndim + 1):
         n = y.shape[axis]

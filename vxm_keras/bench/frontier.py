@@ -37,15 +37,11 @@ def parse_method(spec):
     """``'MODEL:0,20,25f0,20c50f10'`` -> ``(MODEL, [(0, None, None), (20, None, None), (25, None, 0),
     (20, 50, 10)])``: half-, quarter- and full-resolution steps (``None``: the engine's default)."""
     model, _, steps = spec.rpartition(':')
-    item = r'\d+(c\d+)?(f\d+)?'
-    if not model or not re.fullmatch(rf'{item}(,{item})*', steps):
+    parts = [re.fullmatch(r'(\d+)(?:c(\d+))?(?:f(\d+))?', part) for part in steps.split(',')]
+    if not model or not all(parts):
         raise UserError(f'--methods {spec}: expected MODEL:STEPS[,STEPS...] with STEPS like 20, 25c0, 25f0 '
                         'or 20c50f10')
-    configs = []
-    for part in steps.split(','):
-        n, coarse, fine = re.fullmatch(r'(\d+)(?:c(\d+))?(?:f(\d+))?', part).groups()
-        configs.append((int(n), None if coarse is None else int(coarse), None if fine is None else int(fine)))
-    return model, configs
+    return model, [tuple(None if n is None else int(n) for n in part.groups()) for part in parts]
 
 
 def method_name(model, optimize, coarse=None, fine=None):

@@ -48,7 +48,7 @@ from ..shipped import DEFAULT_ATLAS as DEFAULT_FIXED, DEFAULT_MODEL
 FIGURE_EXTENSIONS = ('.png', '.pdf', '.svg', '.jpg', '.jpeg')
 # half-resolution refinement steps by default (after 25 at a quarter of the resolution, before 5 at
 # full resolution): on brains the models never saw, the scan-to-scan VM-2 goes from 0.725 to 0.789
-# Dice, past ANTs SyN (0.760 in the same run), in 12 s against SyN's 53 s (models/README.md)
+# Dice, past ANTs SyN (0.759 in the same run), in 8.8 s against SyN's 54.8 s (models/README.md)
 DEFAULT_OPTIMIZE = 20
 
 
