@@ -50,6 +50,9 @@ def test_integrated_smooth_velocity_does_not_fold(rng):
 
 
 def test_inverse_warp_composes_to_identity(rng):
+    # the U-Net's random start shapes the velocity: unseeded, the worst interior error ranged
+    # 0.04-0.07 over eight seeds and once reached 0.103 in CI, depending on the tests before it
+    keras.utils.set_random_seed(0)
     model = networks.vm2diff((32, 32, 32))
     model.get_layer('flow_mean').bias.assign([0.8, -0.5, 0.3])
     model.get_layer('flow_mean').kernel.assign(rng.normal(0, 0.005, model.get_layer('flow_mean').kernel.shape))
