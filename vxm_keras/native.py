@@ -374,7 +374,7 @@ def load_itk_affine(path):
 @dataclasses.dataclass
 class NativeResult:
     """A registration of two scans in their own spaces: ``moved`` the moving scan on the fixed
-    scan's grid (its own intensities); ``fixed`` and ``moving`` their :class:`Placement`\ s;
+    scan's grid (its own intensities); ``fixed`` and ``moving`` their placements (:class:`Placement`);
     ``grid`` the :class:`~vxm_keras.registration.Result` on the model grid; ``forward`` the
     :class:`Chain` fixed voxels -> moving voxels, ``inverse`` moving -> fixed (diffeomorphic
     models, when asked for)."""

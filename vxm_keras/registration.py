@@ -277,7 +277,8 @@ class Registration:
             with tf.GradientTape() as tape:
                 field = field_of(variable, base)
                 moved = spatial.transform(moving, warp_of(field), 'linear', indexing=indexing)
-                loss = sim.prepared_loss(prepared_fixed, moved) + lam * smooth(field, field)
+                # one pair: the per-sample image loss is (1,); the step's loss is a scalar
+                loss = tf.reduce_mean(sim.prepared_loss(prepared_fixed, moved)) + lam * smooth(field, field)
             adam_update(variable, m, v, tape.gradient(loss, variable), lr, t)
             return loss
 
