@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+# before any test module loads TensorFlow: importing vxm_keras picks TensorFlow's CPU kernels as
+# the commands get them (oneDNN on x86 unless TF_ENABLE_ONEDNN_OPTS is set; vxm_keras/device.py)
+import vxm_keras  # noqa: E402,F401
+
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 

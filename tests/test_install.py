@@ -35,3 +35,21 @@ def test_plain_install_in_a_fresh_venv_finds_the_shipped_files(tmp_path):
     assert package.startswith(str(venv)), f'imported {package}, not the venv copy'
     for path in (atlas, model):
         assert path.startswith(str(venv)) and os.path.isfile(path), path
+
+
+@pytest.mark.parametrize('given,expected', [(None, '1'), ('0', '0'), ('1', '1')])
+def test_importing_the_package_asks_for_onednn_unless_told(given, expected):
+    """On x86, importing vxm_keras before TensorFlow sets TF_ENABLE_ONEDNN_OPTS=1 when the user
+    has not set it, and never overrides the user's value; TensorFlow then reports that setting."""
+    import platform
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        pytest.skip('TensorFlow decides on non-x86 machines')
+    env = {k: v for k, v in os.environ.items() if k != 'TF_ENABLE_ONEDNN_OPTS'}
+    if given is not None:
+        env['TF_ENABLE_ONEDNN_OPTS'] = given
+    env['TF_CPP_MIN_LOG_LEVEL'] = '3'
+    code = ('import os, vxm_keras, tensorflow\n'
+            'from tensorflow.python.util import _pywrap_util_port\n'
+            'print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), _pywrap_util_port.IsMklEnabled())')
+    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == [expected, str(expected == '1')]

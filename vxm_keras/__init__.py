@@ -12,6 +12,12 @@ import importlib
 import os
 import sys
 
+from .device import prefer_onednn
+
+# before TensorFlow loads: its oneDNN kernels on x86 unless TF_ENABLE_ONEDNN_OPTS says otherwise
+# (vxm_keras/device.py: Eigen's convolutions made a training step 10x slower)
+prefer_onednn()
+
 __version__ = '0.1.0'
 
 _LAZY = {'load_model': 'modelio', 'save_model': 'modelio', 'vm1': 'networks', 'vm2': 'networks',
@@ -22,7 +28,8 @@ _SUBMODULES = ('layers', 'losses', 'networks', 'modelio', 'unet', 'affine', 'nat
 # commands that load TensorFlow only when they need it (prepare never, the benchmark in its workers)
 _ARGV = getattr(sys, 'orig_argv', [])
 _TF_FREE = '-m' in _ARGV[:-1] and _ARGV[_ARGV.index('-m') + 1] in ('vxm_keras.prepare', 'vxm_keras.bench',
-                                                                         'vxm_keras.bench.frontier')
+                                                                         'vxm_keras.bench.frontier',
+                                                                         'vxm_keras.bench.cpu')
 
 if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1' and not _TF_FREE:
     from . import layers, losses, networks  # noqa: F401  (registers Keras objects)
