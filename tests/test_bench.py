@@ -11,7 +11,7 @@ from vxm_keras.bench.report import render
 def test_bench_quick_measures_everything(tmp_path):
     out = tmp_path / 'RESULTS.md'
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    subprocess.run([sys.executable, '-m', 'vxm_keras.bench', '--quick', '--batch-scans', '3', '--out', str(out)],
+    subprocess.run([sys.executable, '-m', 'vxm_keras.bench', '--quick', '--no-xla', '--batch-scans', '3', '--out', str(out)],
                    check=True, env=env, capture_output=True)
     results = json.loads((tmp_path / 'RESULTS.json').read_text())
     assert out.read_text() == render(results)
@@ -66,3 +66,22 @@ def test_bench_reads_the_unet_resolution_of_a_saved_model(tmp_path):
         path = tmp_path / f'd{downsize}.h5'
         vxm_keras.save_model(vxm_keras.vm2((64, 64), unet_downsize=downsize), path)
         assert _unet_downsize(path) == downsize
+
+
+def test_cpu_report_renders_known_results():
+    """The CPU benchmark's table from known numbers: register.py 50 s against SyN 100 s is 0.50
+    of SyN's time; the worker's 40 s less its registrations (20 + 10 s) and writing (1 s) leave
+    9.0 s of start-up and loading; stage cells are first / second pair."""
+    from vxm_keras.bench.cpu import render
+    stages = {'wall': 40.0, 'load': 5.0, 'write': 1.0, 'onednn': False, 'maxrss_mib': 2048.0,
+              'first': {'network': 2.0, 'coarse': 3.0, 'optimize': 5.0, 'fine': 9.0, 'finish': 1.0, 'total': 20.0},
+              'second': {'network': 1.0, 'coarse': 1.0, 'optimize': 3.0, 'fine': 4.5, 'finish': 0.5, 'total': 10.0}}
+    results = {'optimize': 20, 'machine': 'test machine', 'cpu': 'flags', 'command': 'cmd',
+               'rows': [{'setting': 'off', 'label': 'oneDNN off', 'register_py': {'wall': 50.0},
+                         'stages': stages, 'moved_ncc_to_first': 1.0}],
+               'syn': {'seconds': 100.0, 'maxrss_mib': 1024.0, 'moved_ncc_to_fixed': 0.98}}
+    row = next(line for line in render(results).splitlines() if line.startswith('| off'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[1:5] == ['False', '50.0', '0.50', '9.0']
+    assert cells[5:10] == ['2.00 / 1.00', '3.00 / 1.00', '5.00 / 3.00', '9.00 / 4.50', '1.00 / 0.50']
+    assert cells[10:] == ['20.0', '10.0', '1.00', '2.00', '1.00000']

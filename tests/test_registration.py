@@ -161,6 +161,10 @@ def test_full_resolution_steps_lower_the_full_resolution_loss():
     both = reg.register(moving, fixed, fine=20, fine_lam=0.1, **kwargs)
     np.testing.assert_array_equal(both.losses[:40], half.losses)
     assert len(both.losses) == 60
+    # the stages that ran are timed, and their seconds add up to no more than the whole
+    assert set(half.stages) == {'network', 'optimize', 'finish'}
+    assert set(both.stages) == {'network', 'optimize', 'fine', 'finish'}
+    assert all(t > 0 for t in both.stages.values()) and sum(both.stages.values()) <= both.seconds
     mse = lambda result: np.mean((result.moved - fixed) ** 2)  # noqa: E731
     assert mse(both) < 0.5 * mse(half), (mse(half), mse(both))
     inside = fixed > 0.3

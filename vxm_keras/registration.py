@@ -72,12 +72,16 @@ FINE_LAMBDA = 4.0
 class Result:
     """One registration. ``moved`` ``(*spatial)``; ``warp`` and ``inverse`` ``(*spatial, ndim)``
     displacements in voxel units (``inverse`` only when asked for, diffeomorphic models);
-    ``seconds`` the time spent on the pair; ``losses`` the loss after each optimisation step."""
+    ``seconds`` the time spent on the pair; ``losses`` the loss after each optimisation step;
+    ``stages`` seconds by stage: ``'network'``, the optimisation's ``'coarse'``, ``'optimize'``
+    and ``'fine'`` steps (as named by :meth:`Registration.register`'s arguments), ``'finish'``
+    (the displacement, the moved image, the copies to numpy)."""
     moved: np.ndarray
     warp: np.ndarray
     inverse: np.ndarray = None
     seconds: float = 0.0
     losses: list = dataclasses.field(default_factory=list)
+    stages: dict = dataclasses.field(default_factory=dict)
 
 
 def compose(first, second, indexing='ij'):
@@ -177,20 +181,27 @@ class Registration:
         warp = inv = None
         current = moving_b
         history = []
+        stages = {}
         for k in range(int(cascade)):
+            t_net = time.perf_counter()
             field = tf.convert_to_tensor(self._field_net.predict_on_batch([current, fixed_b]))
+            stages['network'] = stages.get('network', 0.0) + time.perf_counter() - t_net
             if optimize and k == int(cascade) - 1:
                 field, history = self.optimize_field(field, current, fixed_b, int(optimize), lam=lam, lr=lr,
                                                      image_loss=image_loss, quarter_steps=coarse,
-                                                     fine_steps=fine, fine_lam=fine_lam)
+                                                     fine_steps=fine, fine_lam=fine_lam, stages=stages)
+            t_finish = time.perf_counter()
             step_warp, step_inv = self._finish(field, tf.constant(bool(inverse)))
             warp = step_warp if warp is None else compose(warp, step_warp, self.indexing)
             if inverse:
                 inv = step_inv if inv is None else compose(step_inv, inv, self.indexing)
             current = self._warp_linear(moving_b, warp)
         moved = current.numpy()[0, ..., 0]
-        return Result(moved=moved, warp=warp.numpy()[0], inverse=None if inv is None else inv.numpy()[0],
-                      seconds=time.perf_counter() - t0, losses=history)
+        result = Result(moved=moved, warp=warp.numpy()[0], inverse=None if inv is None else inv.numpy()[0],
+                        losses=history, stages=stages)
+        stages['finish'] = stages.get('finish', 0.0) + time.perf_counter() - t_finish
+        result.seconds = time.perf_counter() - t0
+        return result
 
     def _finish_fn(self, field, inverse):
         warp = self.model.field_to_warp(field)
@@ -200,7 +211,7 @@ class Registration:
         return warp, inv
 
     def optimize_field(self, field, moving, fixed, steps, lam=OPT_LAMBDA, lr=DEFAULT_LR, image_loss='ncc',
-                       quarter_steps=None, fine_steps=None, fine_lam=FINE_LAMBDA):
+                       quarter_steps=None, fine_steps=None, fine_lam=FINE_LAMBDA, stages=None):
         """Instance-specific optimisation of a field on one pair, coarse to fine.
 
         Args:
@@ -215,6 +226,8 @@ class Registration:
             fine_steps: Adam steps after them on the full-resolution pair (default
                 ``FINE_STEPS``), smoothness weight ``fine_lam``.
             lr, image_loss: as in :meth:`register`.
+            stages: a dict that gets the seconds of each stage added under ``'coarse'``,
+                ``'optimize'``, ``'fine'`` (:attr:`Result.stages`).
 
         Every stage starts its own Adam state: its gradients have their own scale.
 
@@ -225,19 +238,24 @@ class Registration:
         quarter_steps = COARSE_STEPS if quarter_steps is None else int(quarter_steps)
         fine_steps = FINE_STEPS if fine_steps is None else int(fine_steps)
         history = []
+        stages = {} if stages is None else stages
         if quarter_steps > 0 and all(n % 2 == 0 for n in field.shape[1:-1]):
+            t = time.perf_counter()
             field = self._optimize_increment(field, moving, fixed, quarter_steps, lam, lr, image_loss, history)
+            stages['coarse'] = stages.get('coarse', 0.0) + time.perf_counter() - t
         half = 2 if self.model.field_factor >= 2 else 1
         model = self.model
-        for scale, n, weight in [(half, steps, lam), (1, fine_steps, fine_lam)]:
+        for name, scale, n, weight in [('optimize', half, steps, lam), ('fine', 1, fine_steps, fine_lam)]:
             if n <= 0:
                 continue
+            t = time.perf_counter()
             variable = tf.Variable(field)
             stage = self._stage_fns(('field', scale, image_loss, float(weight)), image_loss, weight,
                                     field_of=lambda variable, base: variable,
                                     warp_of=lambda field, scale=scale: model.field_to_warp(field, scale=scale))
             self._run_steps(stage, variable, tf.zeros(()), moving, fixed, scale, n, lr, history)
             field = tf.convert_to_tensor(variable)
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
         return field, history
 
     def _optimize_increment(self, field, moving, fixed, steps, lam, lr, image_loss, history):

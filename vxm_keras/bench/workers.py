@@ -184,13 +184,69 @@ def work_ants(p):
     return {'seconds': seconds}
 
 
+def work_stages(p):
+    """The default registration (:mod:`vxm_keras.registration`'s defaults, the shipped model) of
+    one pair, twice in one process: the first is what a one-scan ``register.py`` pays (tracing
+    and XLA compilation included), the second what each further pair of a batch costs. Returns
+    the seconds of loading (imports, model, scans), of each stage of both registrations
+    (``Result.stages``) and of writing the moved image, and the oneDNN setting TensorFlow ran
+    with; writes the moved image to ``p['moved']``."""
+    import time
+    t0 = time.perf_counter()
+    import numpy as np
+
+    from vxm_keras.io import load_volfile, save_volfile
+    from vxm_keras.registration import Registration
+    reg = Registration(p['model_file'])
+    moving, fixed = load_volfile(p['moving']), load_volfile(p['fixed'])
+    load = time.perf_counter() - t0
+    runs = [reg.register(moving, fixed, optimize=p['optimize']) for _ in range(2)]
+    t = time.perf_counter()
+    save_volfile(p['moved'], runs[-1].moved)
+    write = time.perf_counter() - t
+    try:  # what TensorFlow decided (the variable, else its CPU check)
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    return {'load': load, 'first': dict(runs[0].stages, total=runs[0].seconds),
+            'second': dict(runs[1].stages, total=runs[1].seconds), 'write': write,
+            'onednn': onednn, 'moved_ncc_to_fixed': float(np.corrcoef(runs[-1].moved.ravel(), fixed.ravel())[0, 1])}
+
+
+def work_syn_image(p):
+    """ANTs SyN with antspyx's defaults on an image pair (no labels): its seconds, the moved
+    image written to ``p['moved']``."""
+    import time
+
+    import ants
+    import numpy as np
+
+    from vxm_keras.io import load_volfile
+    moving, fixed = load_volfile(p['moving']), load_volfile(p['fixed'])
+    t = time.perf_counter()
+    f, m = ants.from_numpy(np.asarray(fixed, np.float32)), ants.from_numpy(np.asarray(moving, np.float32))
+    out = ants.registration(f, m, type_of_transform='SyN')
+    seconds = time.perf_counter() - t
+    moved = out['warpedmovout'].numpy()
+    np.save(p['moved'], moved)
+    return {'seconds': seconds, 'moved_ncc_to_fixed': float(np.corrcoef(moved.ravel(), fixed.ravel())[0, 1])}
+
+
 WORKERS = {'forward': work_forward, 'train': work_train, 'ncc': work_ncc, 'warp': work_warp,
-           'register': work_register, 'ants': work_ants}
+           'register': work_register, 'ants': work_ants, 'stages': work_stages, 'syn_image': work_syn_image}
 
 
-def run_worker(kind, params):
-    """Run one measurement in a fresh process; returns its dict plus wall time and peak RSS."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+def run_worker(kind, params, env=None):
+    """Run one measurement in a fresh process; returns its dict plus wall time and peak RSS.
+    ``env``: variables to set (a value ``None`` removes the variable) on top of this process's."""
+    base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    for key, value in (env or {}).items():
+        if value is None:
+            base.pop(key, None)
+        else:
+            base[key] = value
+    env = base
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, '-m', 'vxm_keras.bench.workers', kind, json.dumps(params)],
                           capture_output=True, text=True, env=env)
