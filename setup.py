@@ -20,16 +20,18 @@ setup(
         ('share/vxm-keras/models', sorted(glob.glob('models/*.h5')) + ['models/README.md']),
     ],
     python_requires='>=3.10',
+    # lower bounds: the oldest versions a test environment ran (README, Install); no upper
+    # bounds, the suite turns deprecation warnings into errors instead
     install_requires=[
         # the default Keras 3 with the TensorFlow backend; tensorflow-cpu users:
         # see the README (never install both wheels in one environment)
         'tensorflow>=2.16',
-        'keras>=3.0',
-        'numpy',
-        'scipy',
-        'nibabel',
-        'h5py',
-        'matplotlib',
+        'keras>=3.3',
+        'numpy>=1.26',
+        'scipy>=1.11',
+        'nibabel>=5.1',
+        'h5py>=3.10',
+        'matplotlib>=3.8',
     ],
     extras_require={
         # pytest-xdist: the suite runs on two workers (pytest.ini), about half the time on 2 cores
