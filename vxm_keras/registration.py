@@ -196,10 +196,11 @@ class Registration:
             if inverse:
                 inv = step_inv if inv is None else compose(step_inv, inv, self.indexing)
             current = self._warp_linear(moving_b, warp)
-        moved = current.numpy()[0, ..., 0]
-        result = Result(moved=moved, warp=warp.numpy()[0], inverse=None if inv is None else inv.numpy()[0],
-                        losses=history, stages=stages)
-        stages['finish'] = stages.get('finish', 0.0) + time.perf_counter() - t_finish
+            stages['finish'] = stages.get('finish', 0.0) + time.perf_counter() - t_finish
+        t_copy = time.perf_counter()
+        result = Result(moved=current.numpy()[0, ..., 0], warp=warp.numpy()[0],
+                        inverse=None if inv is None else inv.numpy()[0], losses=history, stages=stages)
+        stages['finish'] += time.perf_counter() - t_copy
         result.seconds = time.perf_counter() - t0
         return result
 

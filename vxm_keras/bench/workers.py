@@ -188,7 +188,7 @@ def work_stages(p):
     """The default registration (:mod:`vxm_keras.registration`'s defaults, the shipped model) of
     one pair, twice in one process: the first is what a one-scan ``register.py`` pays (tracing
     and XLA compilation included), the second what each further pair of a batch costs. Returns
-    the seconds of loading (imports, model, scans), of each stage of both registrations
+    the seconds of loading (model and scans; the imports come before), of each stage of both registrations
     (``Result.stages``) and of writing the moved image, and the oneDNN setting TensorFlow ran
     with; writes the moved image to ``p['moved']``."""
     import time
