@@ -24,7 +24,7 @@ import time
 
 from ..errors import UserError
 from ..shipped import DEFAULT_ATLAS, DEFAULT_MODEL, REPO, shipped_file
-from .workers import run_worker
+from .workers import environment, global_ncc, run_worker
 
 # name -> (what it stands for, the variables: None removes one)
 SETTINGS = {
@@ -54,31 +54,18 @@ def cpu_flags():
 
 def _register_py(setting_env, moving, moved, optimize):
     """``register.py`` end to end as a user runs it, in this setting: wall seconds and what it printed."""
-    env = dict(os.environ)
-    for key, value in setting_env.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
     cmd = [sys.executable, os.path.join(REPO, 'register.py'), '--moving', moving, '--moved', moved, '--overwrite',
            '--optimize', str(optimize)]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=environment(setting_env))
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         return {'error': (proc.stderr.strip().splitlines() or ['failed'])[-1]}
     return {'wall': wall, 'printed': proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ''}
 
 
-def _global_ncc(a, b):
-    import numpy as np
-    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
-
-
 def collect(settings, peers, optimize, tmp):
     """Measure; returns the results as a dict (see :func:`render`)."""
-    import numpy as np
-
     from ..io import load_volfile
     moving = shipped_file('data/example_moving.npz')
     rows = []
@@ -97,15 +84,12 @@ def collect(settings, peers, optimize, tmp):
         if os.path.exists(path):
             moved = load_volfile(path)
             first = moved if first is None else first
-            row['moved_ncc_to_first'] = _global_ncc(moved, first)
+            row['moved_ncc_to_first'] = global_ncc(moved, first)
     results = {'rows': rows, 'optimize': optimize}
     if peers:
         print('ANTs SyN ...', flush=True)
-        syn = run_worker('syn_image', {'moving': moving, 'fixed': DEFAULT_ATLAS,
-                                       'moved': os.path.join(tmp, 'syn.npy')})
-        results['syn'] = syn
-        if os.path.exists(os.path.join(tmp, 'syn.npy')) and first is not None:
-            syn['moved_ncc_to_first'] = _global_ncc(np.load(os.path.join(tmp, 'syn.npy')), first)
+        results['syn'] = run_worker('syn_image', {'moving': moving, 'fixed': DEFAULT_ATLAS,
+                                                  'moved': os.path.join(tmp, 'syn.npy')})
     return results
 
 

@@ -24,6 +24,23 @@ def _timeit(fn, repeats):
     return {'best': min(times), 'median': statistics.median(times)}
 
 
+def global_ncc(a, b):
+    """Pearson correlation of two images over all voxels."""
+    import numpy as np
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def environment(changes=None):
+    """This process's environment with ``changes`` applied (a value ``None`` removes the variable)."""
+    env = dict(os.environ)
+    for key, value in (changes or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
 def _maxrss_mib():
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -193,8 +210,6 @@ def work_stages(p):
     with; writes the moved image to ``p['moved']``."""
     import time
     t0 = time.perf_counter()
-    import numpy as np
-
     from vxm_keras.io import load_volfile, save_volfile
     from vxm_keras.registration import Registration
     reg = Registration(p['model_file'])
@@ -211,7 +226,7 @@ def work_stages(p):
         onednn = None
     return {'load': load, 'first': dict(runs[0].stages, total=runs[0].seconds),
             'second': dict(runs[1].stages, total=runs[1].seconds), 'write': write,
-            'onednn': onednn, 'moved_ncc_to_fixed': float(np.corrcoef(runs[-1].moved.ravel(), fixed.ravel())[0, 1])}
+            'onednn': onednn, 'moved_ncc_to_fixed': global_ncc(runs[-1].moved, fixed)}
 
 
 def work_syn_image(p):
@@ -230,7 +245,7 @@ def work_syn_image(p):
     seconds = time.perf_counter() - t
     moved = out['warpedmovout'].numpy()
     np.save(p['moved'], moved)
-    return {'seconds': seconds, 'moved_ncc_to_fixed': float(np.corrcoef(moved.ravel(), fixed.ravel())[0, 1])}
+    return {'seconds': seconds, 'moved_ncc_to_fixed': global_ncc(moved, fixed)}
 
 
 WORKERS = {'forward': work_forward, 'train': work_train, 'ncc': work_ncc, 'warp': work_warp,
@@ -240,13 +255,7 @@ WORKERS = {'forward': work_forward, 'train': work_train, 'ncc': work_ncc, 'warp'
 def run_worker(kind, params, env=None):
     """Run one measurement in a fresh process; returns its dict plus wall time and peak RSS.
     ``env``: variables to set (a value ``None`` removes the variable) on top of this process's."""
-    base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    for key, value in (env or {}).items():
-        if value is None:
-            base.pop(key, None)
-        else:
-            base[key] = value
-    env = base
+    env = dict(environment(env), TF_CPP_MIN_LOG_LEVEL='3')
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, '-m', 'vxm_keras.bench.workers', kind, json.dumps(params)],
                           capture_output=True, text=True, env=env)
