@@ -122,3 +122,37 @@ def test_fit_to_grid_centres_the_labels():
     out = synth.fit_to_grid(synth.brain_only(seg), (16, 16, 16))
     assert out.shape == (16, 16, 16) and set(np.unique(out)) == {0, 17}
     np.testing.assert_allclose(np.argwhere(out == 17).mean(0), [7.5, 7.5, 7.5], atol=1.0)
+
+
+def test_mixed_pairs_pick_real_or_synthetic_batches_by_a_resumable_coin():
+    """--synth-mix: a step trains on the real batch as it is (weights 1, 1, 0 on image, field,
+    labels) or on a synthetic one (0, 1, 1); the share of real steps follows the fraction, and
+    the same step always picks the same way and draws the same images."""
+    rng = np.random.default_rng(3)
+    _, seg = labelled_volume((16, 16, 16))
+    seg = seg[None, ..., None].astype(np.float32)
+    zeros = np.zeros((1, 16, 16, 16, 3), np.float32)
+    real_m, real_f = rng.random(seg.shape, np.float32), rng.random(seg.shape, np.float32)
+    real = ((real_m, real_f, seg), (real_f, zeros, seg))
+    synthetic = ((seg, seg, seg), (seg, zeros, seg))
+    fn = tf.function(synth.mixed_pairs(5, 0.3))  # as tf.data runs it: traced once
+    picks = []
+    for step in range(200):
+        inputs, targets, weights = tf.nest.map_structure(np.asarray, fn(tf.constant(step, tf.int64), (synthetic, real)))
+        is_real = weights[0][0] == 1.0
+        picks.append(is_real)
+        if step < 6:
+            if is_real:
+                np.testing.assert_array_equal(inputs[0], real_m)
+                np.testing.assert_array_equal(targets[0], real_f)
+                assert [w.tolist() for w in weights] == [[1.0], [1.0], [0.0]]
+            else:
+                image = inputs[0]
+                assert not np.array_equal(image, real_m) and 0 <= image.min() and image.max() == 1.0
+                assert np.all(image[inputs[2] == 0] == 0)  # background of its warped labels
+                np.testing.assert_array_equal(targets[0], inputs[1])
+                assert [w.tolist() for w in weights] == [[0.0], [1.0], [1.0]]
+    assert 0.2 < np.mean(picks) < 0.4  # 200 draws at p = 0.3: 3 standard deviations is 0.1
+    again = tf.nest.map_structure(np.asarray, fn(tf.constant(7, tf.int64), (synthetic, real)))
+    first = tf.nest.map_structure(np.asarray, fn(tf.constant(7, tf.int64), (synthetic, real)))
+    np.testing.assert_array_equal(again[0][0], first[0][0])

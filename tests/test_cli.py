@@ -281,9 +281,18 @@ def test_segmentation_supervised_training(dataset, tmp_path):
     import vxm_keras
     model = vxm_keras.load_model(run / '0002.h5')
     assert len(model.inputs) == 2  # images only at test time
-    script('train.py', '--data-dir', dataset / 'train', '--atlas', 'none', '--model', 'vm1', '--seg-weight', 1.0,
-           '--epochs', 3, '--steps-per-epoch', 1, '--model-dir', run, '--load-model', run / '0002.h5')
-    assert os.path.exists(run / '0003.h5')
+    # resumed with synthetic pairs mixed in (--synth-mix): label maps from a folder of .npz
+    maps = tmp_path / 'maps'
+    maps.mkdir()
+    save_volfile(maps / 'm.npz', np.load(dataset / 'train' / 's0.npz')['seg'], key='seg')
+    proc = script('train.py', '--data-dir', dataset / 'train', '--atlas', 'none', '--model', 'vm1',
+                  '--seg-weight', 1.0, '--epochs', 3, '--steps-per-epoch', 4, '--model-dir', run,
+                  '--load-model', run / '0002.h5', '--synth', maps, '--synth-mix', 0.5, '--seed', 1)
+    assert 'synthesis: 1 label maps' in proc.stdout
+    row = list(csv.DictReader(open(run / 'training_log.csv')))[-1]
+    # wiring only (which step is which is tested in test_augment): it trains, logs and saves
+    assert float(row['seg_transformer_loss']) < 0 and float(row['transformer_loss']) < 0
+    assert vxm_keras.load_model(run / '0003.h5').count_params() == model.count_params()
 
 
 def test_train_template_on_scans_with_attributes(dataset, tmp_path):
@@ -418,3 +427,5 @@ def test_commands_run_in_process_and_report_user_errors(capsys, tmp_path):
     args = train.build_parser().parse_args(['--data-dir', str(tmp_path), '--epochs', '0'])
     assert execute(train.run, args) == 2
     assert capsys.readouterr().err == 'error: --epochs must be positive, got 0\n'
+    assert train.main(['--data-dir', str(tmp_path), '--synth', str(tmp_path), '--synth-mix', '1']) == 2
+    assert capsys.readouterr().err == 'error: --synth-mix must be a fraction in [0, 1), got 1.0\n'

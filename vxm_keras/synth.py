@@ -161,3 +161,35 @@ def label_statistics(image, seg):
     image, seg = np.asarray(image), np.asarray(seg).astype(int)
     return {int(lab): (float(image[seg == lab].mean()), float(image[seg == lab].std()))
             for lab in np.unique(seg)}
+
+
+def mixed_pairs(seed, real_fraction, params=Synthesis()):
+    """A ``tf.data`` map function mixing synthetic and real training pairs (SynthMorph trained
+    on synthesis alone, which on a small CPU budget shrinks a pretrained network's fields to
+    nothing: real pairs keep it registering real anatomy while synthetic ones teach contrast).
+
+    Takes ``(step, (synthetic_batch, real_batch))``, both batches ``(inputs, targets)`` as in
+    :func:`pair_synthesizer` (the synthetic one holds label maps as images), and returns
+    ``(inputs, targets, sample_weights)``: with probability ``real_fraction`` (a coin keyed by
+    ``(seed, step)``, so resumed runs repeat it) the real batch with weights ``(1, 1, 0)`` on
+    the outputs (image, field, labels): the image similarity and smoothness the real scans were
+    trained with; otherwise a synthetic batch with weights ``(0, 1, 1)``: labels and
+    smoothness, as contrasts differ by design. Weights are ``(batch,)`` float32.
+    """
+    synthesize = pair_synthesizer(seed, params)
+    coin_seed = int(seed) + 104729
+
+    def fn(step, batches):
+        synthetic, real = batches
+        coin = tf.random.stateless_uniform(
+            [], tf.stack([tf.constant(coin_seed, tf.int64), tf.cast(step, tf.int64)]))
+        batch = tf.shape(real[0][0])[:1]
+
+        def weighted(inputs, targets, image, labels):
+            ones = tf.ones(batch)
+            return tuple(inputs), tuple(targets), (image * ones, ones, labels * ones)
+
+        return tf.cond(coin < real_fraction,
+                       lambda: weighted(*real, 1.0, 0.0),
+                       lambda: weighted(*synthesize(step, synthetic), 0.0, 1.0))
+    return fn

@@ -59,6 +59,11 @@ def build_parser():
                         '(the training scans\' seg maps, plus the .nii.gz/.mgz/.npz maps in DIR, reduced to the '
                         'brain and centred on the grid), scored by the Dice of the warped labels alone; '
                         'the result does not depend on the scans\' contrast')
+    p.add_argument('--synth-mix', dest='synth_mix', type=float, default=0.0, metavar='P',
+                   help='with --synth: the fraction of steps (0-1) that train on real pairs of the training scans '
+                        '(image similarity and smoothness, as without --synth) instead of synthetic ones; '
+                        'keeps a network fine-tuned from real-scan weights registering real anatomy '
+                        '(default 0: synthesis only)')
     p.add_argument('--mixed-precision', dest='mixed_precision', action='store_true',
                    help='U-Net in float16 on GPUs, bfloat16 on CPUs (the field, the warp and the losses stay '
                         'float32); on the 2-core development CPU the step is about 7 %% faster '
@@ -113,10 +118,10 @@ def _targets_for(model, seg_factor=1):
     if not bidir and seg_factor == 1:
         return None
 
-    def fn(inputs, targets):
+    def fn(inputs, targets, *weights):  # per-output sample weights (--synth-mix) pass through
         segs = [t[(slice(None), *[slice(None, None, seg_factor)] * (len(t.shape) - 2), slice(None))]
                 for t in targets[2:]]
-        return inputs, (targets[0], *([inputs[0]] if bidir else []), targets[1], *segs)
+        return (inputs, (targets[0], *([inputs[0]] if bidir else []), targets[1], *segs), *weights)
     return fn
 
 
@@ -196,6 +201,8 @@ def run(args):
     n_gpus = setup_device(args.gpu, args.verbose)
     lam = args.lam if args.lam is not None else (1.0 if args.image_loss == 'ncc' else 0.01)
     initial_epoch = check_schedule(args)
+    if not 0 <= args.synth_mix < 1:
+        fail(f'--synth-mix must be a fraction in [0, 1), got {args.synth_mix}')
     start_tensorflow()
     import keras
     import numpy as np
@@ -233,12 +240,20 @@ def run(args):
         args.seg_weight = 1.0
     if args.synth and atlas is not None:
         fail('--synth trains on pairs drawn from label maps: use it with --atlas none')
+    if args.synth_mix and not args.synth:
+        fail('--synth-mix mixes real pairs into synthetic training: give --synth DIR too')
+    if args.synth_mix and (args.bidir or args.augment):
+        fail('--synth-mix cannot be combined with --bidir or --augment')
+    if args.synth_mix and len(files) < 2:
+        fail(f'--synth-mix needs at least 2 training scans for its real pairs, got {len(files)}')
+    real_vols = vols
     if args.seg_weight > 0:
         segs, atlas_seg, seg_labels = _load_segs(args, files, None if atlas is None else args.atlas, inshape)
         print(f'auxiliary Dice loss (weight {args.seg_weight}) on labels {seg_labels}', flush=True)
     if args.synth:
         from ..synth import load_label_maps
         maps = load_label_maps(args.synth, inshape)
+        real_segs = segs
         segs = np.concatenate([segs, maps])
         # the generator's images are replaced by synthetic ones: the label maps stand in
         vols = segs.astype(np.float32)
@@ -255,7 +270,7 @@ def run(args):
     with strategy.scope():
         model = _make_model(args, inshape)
         loss_fns, loss_weights = _losses(args, model, lam)
-        if args.synth:  # synthetic contrasts differ by design: only the labels are compared
+        if args.synth and not args.synth_mix:  # synthetic contrasts differ by design: only labels count
             loss_weights[0] = 0.0
         trained = model
         seg_factor = 1
@@ -287,7 +302,15 @@ def run(args):
         gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, sampler=sampler,
                                        segs=segs, atlas_seg=atlas_seg, **shapes)
     dataset = generators.as_dataset(gen)
-    if args.synth or args.augment:
+    if args.synth_mix:
+        from ..synth import mixed_pairs
+        real_sampler = generators.Sampler(sampler.seed + 1, start=sampler.start, worker=worker)
+        real = generators.as_dataset(generators.scan_to_scan(real_vols, args.batch_size, sampler=real_sampler,
+                                                             segs=real_segs, **shapes))
+        # both streams advance every step, so a resumed run draws what a straight run would
+        dataset = (tf.data.Dataset.zip(dataset, real).enumerate(start=sampler.start)
+                   .map(mixed_pairs(sampler.map_seed, args.synth_mix)).prefetch(1))
+    elif args.synth or args.augment:
         if args.synth:
             from ..synth import pair_synthesizer as per_batch
         else:
