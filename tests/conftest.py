@@ -64,13 +64,58 @@ SHAPE = (32, 32, 32)
 AFFINE = np.array([[-1.0, 0, 0, 16], [0, 0, 1, -16], [0, -1, 0, 16], [0, 0, 0, 1]])
 
 
-def script(name, *args, check=True):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    proc = subprocess.run([sys.executable, os.path.join(REPO, name), *map(str, args)],
-                          capture_output=True, text=True, env=env)
+# the flat scripts and the command each one runs
+COMMANDS = {'train.py': 'vxm_keras.commands.train', 'register.py': 'vxm_keras.commands.register',
+            'test.py': 'vxm_keras.commands.evaluate', 'train_template.py': 'vxm_keras.commands.train_template'}
+
+
+def script(name, *args, check=True, isolated=False):
+    """Run a flat script (``train.py``, ...) with ``args``: a ``CompletedProcess`` with its exit
+    code, stdout and stderr.
+
+    By default the script's ``main(argv)`` runs in this process (what the script does, minus a
+    fresh Python and TensorFlow start: about 10 s each on a 2-core CPU, most of the suite's time
+    when every call paid it), with stdout and stderr captured and the process-wide settings a
+    command may change (environment, mixed precision, op determinism) put back. An exception
+    other than ``SystemExit`` propagates: in a subprocess it would be a traceback. ``isolated``
+    runs a real subprocess, for what only a process shows: TensorFlow's own log lines on file
+    descriptor 2, signals, start-up.
+    """
+    if isolated:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+        proc = subprocess.run([sys.executable, os.path.join(REPO, name), *map(str, args)],
+                              capture_output=True, text=True, env=env)
+    else:
+        proc = _run_in_process(name, [str(a) for a in args])
     if check and proc.returncode != 0:
         raise AssertionError(f'{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
     return proc
+
+
+def _run_in_process(name, argv):
+    import contextlib
+    import importlib
+    import io
+
+    module = importlib.import_module(COMMANDS[name])
+    environ = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = module.main(argv)
+            except SystemExit as stop:  # argparse's usage errors
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        if 'tensorflow' in sys.modules:
+            import keras
+            from tensorflow.python.framework import config  # no public switch back off
+            keras.mixed_precision.set_global_policy('float32')
+            config.disable_op_determinism()
+            keras.backend.clear_session()
+    return subprocess.CompletedProcess([name, *argv], code, out.getvalue(), err.getvalue())
 
 
 def user_error(proc):

@@ -169,10 +169,11 @@ def start_tensorflow():
     :func:`setup_device`); fail if GPUs were asked for and are not there. Commands call it
     once their cheap checks have passed, so a bad argument answers without waiting for it."""
     import tempfile
-    if 'tensorflow' in sys.modules or not _DEVICE:
+    if not _DEVICE:
         return
     capture = None
-    if not _DEVICE.get('verbose'):
+    # already imported (a command called from Python): nothing to filter, the devices still checked
+    if not _DEVICE.get('verbose') and 'tensorflow' not in sys.modules:
         sys.stderr.flush()
         saved = os.dup(2)
         capture = tempfile.TemporaryFile()
