@@ -76,13 +76,14 @@ def script(name, *args, check=True, isolated=False):
     By default the script's ``main(argv)`` runs in this process (what the script does, minus a
     fresh Python and TensorFlow start: about 10 s each on a 2-core CPU, most of the suite's time
     when every call paid it), with stdout and stderr captured and the process-wide settings a
-    command may change (environment, mixed precision, op determinism) put back. An exception
+    command may change (environment, mixed precision, op determinism, Grappler's remapper) put back. An exception
     other than ``SystemExit`` propagates: in a subprocess it would be a traceback. ``isolated``
     runs a real subprocess, for what only a process shows: TensorFlow's own log lines on file
     descriptor 2, signals, start-up.
     """
     if isolated:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+        # TensorFlow's log level as the command sets it for a user (warnings and errors show)
+        env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
         proc = subprocess.run([sys.executable, os.path.join(REPO, name), *map(str, args)],
                               capture_output=True, text=True, env=env)
     else:
@@ -99,6 +100,10 @@ def _run_in_process(name, argv):
 
     module = importlib.import_module(COMMANDS[name])
     environ = dict(os.environ)
+    remapping = None
+    if 'tensorflow' in sys.modules:
+        import tensorflow as tf
+        remapping = tf.config.optimizer.get_experimental_options().get('remapping', True)
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -113,7 +118,9 @@ def _run_in_process(name, argv):
             import keras
             from tensorflow.python.framework import config  # no public switch back off
             keras.mixed_precision.set_global_policy('float32')
+            import tensorflow as tf
             config.disable_op_determinism()
+            tf.config.optimizer.set_experimental_options({'remapping': True if remapping is None else remapping})
             keras.backend.clear_session()
     return subprocess.CompletedProcess([name, *argv], code, out.getvalue(), err.getvalue())
 

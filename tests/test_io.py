@@ -114,3 +114,44 @@ def test_dimensionality_and_finite_checks(tmp_path):
 def test_save_into_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match='does not exist'):
         save_volfile(tmp_path / 'no' / 'v.npz', np.zeros(3))
+
+
+def _claiming_nifti(path, shape):
+    """A ``.nii.gz`` whose header declares ``shape`` (uint8) but which holds 64 bytes of data."""
+    import nibabel as nib
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(shape)
+    header['vox_offset'] = 352
+    with gzip.open(path, 'wb') as f:
+        f.write(header.binaryblock + b'\0' * 4 + bytes(64))
+
+
+def test_a_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path, monkeypatch):
+    """A damaged header makes a tiny file claim gigabytes: refused from the header, with the
+    file, the declared size and the reason, not a MemoryError after decompressing."""
+    import vxm_keras.io as io
+    huge = tmp_path / 'huge.nii.gz'
+    _claiming_nifti(huge, (4096, 4096, 2048))  # 32 GiB of uint8
+    assert os.path.getsize(huge) < 1000
+    with pytest.raises(VolumeError, match=r'huge\.nii\.gz: its header declares a 4096x4096x2048 uint8 array '
+                                          r'\(32 GiB\), beyond the 16 GiB'):
+        load_volfile(huge)
+    # within the absolute bound, but more than this machine's free memory can work on
+    big = tmp_path / 'big.nii.gz'
+    _claiming_nifti(big, (1024, 1024, 512))  # 0.5 GiB of uint8, 8 GiB to work on
+    monkeypatch.setattr(io, 'available_memory', lambda: 2 * 2 ** 30)
+    with pytest.raises(VolumeError, match=r'big\.nii\.gz: .* needs about 8 GiB, more than the 2 GiB of memory'):
+        load_volfile(big)
+    monkeypatch.setattr(io, 'available_memory', lambda: 64 * 2 ** 30)
+    with pytest.raises(VolumeError, match=r'big\.nii\.gz: cannot read image'):  # then the truncated data
+        load_volfile(big)
+
+
+def test_available_memory_is_what_the_system_reports():
+    from vxm_keras.io import available_memory
+    if not os.path.exists('/proc/meminfo'):
+        pytest.skip('no /proc/meminfo (not Linux)')
+    with open('/proc/meminfo') as f:
+        total = next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemTotal:'))
+    assert 0 < available_memory() <= total

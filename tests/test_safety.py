@@ -60,7 +60,7 @@ def test_batch_mode_into_its_input_folder_skips_earlier_outputs(dataset, tmp_pat
     (folder / '.tmp999-s0_moved.npz').write_bytes(b'partial')  # what a SIGKILL leaves
     proc = script('register.py', *args, '--resume')
     assert sorted(os.listdir(folder)) == ['s0.npz', 's0_moved.npz']
-    assert 'outputs of earlier runs' in proc.stderr
+    assert 'outputs of an earlier run' in proc.stderr
 
 
 def test_training_never_clobbers_a_run(dataset, tmp_path):
@@ -215,3 +215,141 @@ def test_attribute_tables_that_are_not_tables(dataset, tmp_path):
         err = user_error(script('train_template.py', '--data-dir', dataset / 'train', '--attributes', table,
                                 '--model-dir', tmp_path / 'r', '--epochs', 1, '--steps-per-epoch', 1, check=False))
         assert table.name in err and message in err
+
+
+def _usage_error(proc):
+    """argparse's refusal: exit 2, usage and one '<prog>: error: ...' line, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if ': error: ' in line]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize('name, args, message', [
+    ('train.py', ['--lr', 'inf'], "argument --lr: must be a finite number, got 'inf'"),
+    ('train.py', ['--lambda', 'nan'], "argument --lambda/--reg_param: must be a finite number, got 'nan'"),
+    ('train.py', ['--int-steps', '-1'], 'argument --int-steps/--int_steps: must be >= 0, got -1'),
+    ('train_template.py', ['--downsize', '0'], 'argument --downsize: must be >= 1, got 0'),
+    ('register.py', ['--optimize-lambda=-inf'], "argument --optimize-lambda: must be a finite number"),
+])
+def test_flags_are_checked_as_they_are_read(dataset, tmp_path, name, args, message):
+    proc = script(name, '--data-dir' if name != 'register.py' else '--moving', dataset / 'train', *args,
+                  '--model-dir' if name != 'register.py' else '--out-dir', tmp_path / 'r', check=False)
+    assert message in _usage_error(proc)
+    assert not (tmp_path / 'r').exists()
+
+
+def test_bench_sizes_are_checked_as_they_are_read():
+    from vxm_keras.bench.run import build_parser
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(['--sizes', 'abc'])
+    assert info.value.code == 2
+    assert build_parser().parse_args(['--sizes', '32x32x32', '64X64']).sizes == [(32, 32, 32), (64, 64)]
+
+
+def test_two_runs_cannot_share_a_run_folder(dataset, tmp_path):
+    """A running training holds its folder: a second run into it stops at once, before
+    touching anything; once the first ends, the folder is free again."""
+    from vxm_keras import cli
+    run = tmp_path / 'run'
+    held = len(cli._RUN_DIR_LOCKS)
+    cli.lock_run_dir(str(run))  # what a running train.py holds
+    try:
+        data = ['--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--steps-per-epoch', 1]
+        err = user_error(script('train.py', *data, '--epochs', 1, '--model-dir', run, check=False))
+        assert 'another training run is writing to this folder' in err and str(run) in err
+        # and from another process, as two users' runs would be
+        proc = script('train.py', *data, '--epochs', 1, '--model-dir', run, '--model', 'vm1', isolated=True,
+                      check=False)
+        assert 'another training run' in user_error(proc)
+        assert os.listdir(run) == []
+    finally:
+        cli.release_run_dirs(held)
+    assert not run.exists(), 'a folder the lock made and nothing wrote to is removed'
+    script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--steps-per-epoch', 1,
+           '--epochs', 1, '--model', 'vm1', '--model-dir', run)
+    assert sorted(os.listdir(run)) == ['0001.h5', 'training_log.csv']
+
+
+def test_single_scan_outputs_go_to_out_dir_and_batches_skip_earlier_outputs(dataset, tmp_path):
+    common = ['--fixed', dataset / 'atlas.npz', '--model', _model(dataset), '--optimize', 0]
+    scans = tmp_path / 'a'
+    scans.mkdir()
+    shutil.copy(dataset / 'train' / 's0.npz', scans / 'scan.npz')
+    script('register.py', '--moving', scans / 'scan.npz', *common, '--out-dir', tmp_path / 'out')
+    assert os.listdir(tmp_path / 'out') == ['scan_moved.npz']
+    # a batch that wrote beside its inputs, then run into another folder: its outputs are not scans
+    script('register.py', '--moving', scans, *common, '--out-dir', scans)
+    assert sorted(os.listdir(scans)) == ['scan.npz', 'scan_moved.npz']
+    proc = script('register.py', '--moving', scans, *common, '--out-dir', tmp_path / 'other')
+    assert os.listdir(tmp_path / 'other') == ['scan_moved.npz']
+    assert 'outputs of an earlier run' in proc.stderr and '1 registered' in proc.stdout
+    # a list naming a folder: counted as a failed scan, and the batch exits non-zero
+    listing = tmp_path / 'list.txt'
+    listing.write_text(f'{scans / "scan.npz"}\n{scans}\n')
+    proc = script('register.py', '--moving-list', listing, *common, '--out-dir', tmp_path / 'o2', check=False)
+    assert proc.returncode == 1
+    assert 'a folder, not a scan' in proc.stderr and '1 registered, 0 already done, 1 failed of 2 scans' in proc.stdout
+
+
+def test_bad_outputs_and_inputs_are_named_before_any_work(dataset, tmp_path):
+    model = _model(dataset)
+    moving = dataset / 'train' / 's0.npz'
+    common = ['--fixed', dataset / 'atlas.npz', '--model', model]
+    for moved, message in ((tmp_path / 'moved.txt', 'writes a volume'), (tmp_path / 'moved', 'writes a volume')):
+        err = user_error(script('register.py', '--moving', moving, *common, '--moved', moved, check=False))
+        assert message in err and '.tmp' not in err
+    os.symlink(tmp_path / 'nowhere' / 'x.npz', tmp_path / 'dangling.npz')
+    err = user_error(script('register.py', '--moving', moving, *common, '--moved', tmp_path / 'dangling.npz',
+                            check=False))
+    assert 'dangling.npz: a broken symbolic link' in err
+    # a folder as a model
+    err = user_error(script('register.py', '--moving', moving, '--fixed', dataset / 'atlas.npz', '--model',
+                            tmp_path, '--moved', tmp_path / 'm.npz', check=False))
+    assert 'a folder, not a model file' in err
+    # test.py --out-dir naming a file: refused before registering anything
+    (tmp_path / 'report').write_text('mine')
+    err = user_error(script('test.py', '--model', model, '--data-dir', dataset / 'train', '--atlas', 'none',
+                            '--out-dir', tmp_path / 'report', check=False))
+    assert 'report: exists and is not a folder' in err and (tmp_path / 'report').read_text() == 'mine'
+    # a 2-D scan with a world-space warp format
+    flat = tmp_path / 'flat.npz'
+    save_volfile(flat, np.zeros((32, 32), np.float32))
+    err = user_error(script('register.py', '--moving', flat, '--fixed', flat, '--model', model, '--warp',
+                            tmp_path / 'w.nii.gz', '--warp-format', 'itk', '--moved', tmp_path / 'fm.npz',
+                            check=False))
+    assert 'flat.npz: a 2-D scan; --warp-format itk' in err
+
+
+def test_volumes_that_are_not_images(tmp_path):
+    only_seg = tmp_path / 'seg_only.npz'
+    np.savez(only_seg, seg=np.ones((4, 4, 4), np.int32))
+    with pytest.raises(VolumeError, match=r"seg_only\.npz: holds only a label map \('seg'\), no image"):
+        load_volfile(only_seg)
+    assert load_volfile(only_seg, key='seg').shape == (4, 4, 4)
+    cplx = tmp_path / 'complex.npy'
+    np.save(cplx, np.ones((4, 4, 4), np.complex64))
+    with pytest.raises(VolumeError, match=r'complex\.npy: complex values \(complex64\)'):
+        load_volfile(cplx)
+    from vxm_keras.generators import load_volumes
+    four = tmp_path / 'four.npz'
+    np.savez(four, vol=np.zeros((4, 4, 4, 2, 2), np.float32))
+    with pytest.raises(VolumeError, match=r'four\.npz: an array of shape \(4, 4, 4, 2, 2\)'):
+        load_volumes([four])
+
+
+def test_an_attribute_table_without_header_is_refused(dataset, tmp_path):
+    table = tmp_path / 'noheader.csv'
+    table.write_text(''.join(f'{f},{i}\n' for i, f in enumerate(sorted(os.listdir(dataset / 'train')))))
+    err = user_error(script('train_template.py', '--data-dir', dataset / 'train', '--attributes', table,
+                            '--model-dir', tmp_path / 'r', '--epochs', 1, '--steps-per-epoch', 1, check=False))
+    assert 'noheader.csv: the first line is the row of s0.npz, not a header' in err
+
+
+def test_training_prints_no_library_noise(dataset, tmp_path):
+    """No grappler 'remapper failed' line and no HDF5 'legacy' warning per checkpoint: a training
+    run's stderr is empty (a real process: those lines come from TensorFlow's C++ and absl)."""
+    proc = script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--model',
+                      'vm1', '--epochs', 2, '--steps-per-epoch', 1, '--model-dir', tmp_path / 'r', isolated=True)
+    assert proc.stderr.strip() == '', proc.stderr

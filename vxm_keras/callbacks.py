@@ -10,6 +10,7 @@ import numpy as np
 
 from .cli import EPOCH_ATTR
 from .io import atomic_path
+from .modelio import save_full
 
 # HDF5 group where checkpoints keep the optimizer's variables (Adam moments, step count)
 _OPTIMIZER_GROUP = 'vxm_optimizer_state'
@@ -81,7 +82,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             print(f'\nepoch {epoch + 1}: weights are not finite, checkpoint not written')
             return
         with atomic_path(self.filepath.format(epoch=epoch + 1)) as tmp:
-            (self.save_model or self.model).save(tmp)
+            save_full(self.save_model or self.model, tmp)
             with h5py.File(tmp, 'a') as f:
                 save_optimizer_state(self.model, f)
                 # a renamed checkpoint still resumes at the right epoch (cli.initial_epoch)

@@ -48,6 +48,8 @@ def load_volumes(files, key=None, shape=None):
     vols = []
     for path in files:
         vol = load_volfile(path, key=key, check_finite=True)
+        if vol.ndim not in (2, 3):
+            raise VolumeError(f'{path}: an array of shape {vol.shape}, expected one 2-D or 3-D scan')
         if shape is None:
             shape = vol.shape
         if vol.shape != tuple(shape):

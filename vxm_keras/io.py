@@ -50,6 +50,9 @@ def atomic_path(path, overwrite=True):
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f'{path}: exists (use overwrite to replace it)')
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FileExistsError(f'{path}: a broken symbolic link (to {os.readlink(path)}); remove it or choose '
+                              'another name')
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f'{path}: folder {folder} does not exist')
@@ -118,6 +121,9 @@ def _read_npz(path, key):
                 found = [k for k in DEFAULT_NPZ_KEYS if k in keys]
                 if found:
                     key = found[0]
+                elif len(keys) == 1 and keys[0] in ('seg', 'affine'):
+                    raise VolumeError(f'{path}: holds only {"a label map" if keys[0] == "seg" else "an affine"} '
+                                      f"({keys[0]!r}), no image ('vol')")
                 elif len(keys) == 1:
                     key = keys[0]
                 else:
@@ -159,19 +165,65 @@ def _check_header(path, stream):
         raise VolumeError(f'{path}: not a numpy array file ({_plain(err)})') from None
     if dtype.hasobject:
         raise VolumeError(f'{path}: holds Python objects, not a numeric array')
-    nbytes = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+    _check_size(path, shape, dtype)
+
+
+# registering a volume holds several float32 copies of it (read, resampled, warped, gradients)
+WORKING_BYTES_PER_VOXEL = 16
+
+
+def available_memory():
+    """Bytes of memory free for a new allocation (Linux ``MemAvailable``, else the physical
+    memory), or ``None`` when the system does not say."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_size(path, shape, dtype):
+    """Refuse, from its header alone, an array beyond :data:`MAX_ARRAY_BYTES` or one this machine
+    has no memory to register (a damaged or hostile header makes a tiny compressed file claim
+    gigabytes, which reading would decompress until memory runs out)."""
+    voxels = float(np.prod(shape, dtype=np.float64))
+    nbytes = voxels * np.dtype(dtype).itemsize
+    described = f'a {"x".join(map(str, shape))} {np.dtype(dtype)} array ({nbytes / 2 ** 30:.3g} GiB)'
     if nbytes > MAX_ARRAY_BYTES:
-        raise VolumeError(f'{path}: its header claims a {shape} {dtype} array ({nbytes / 2 ** 30:.3g} GiB), '
-                          f'beyond the {MAX_ARRAY_BYTES / 2 ** 30:.0f} GiB a volume may have; a damaged file?')
+        raise VolumeError(f'{path}: its header declares {described}, beyond the '
+                          f'{MAX_ARRAY_BYTES / 2 ** 30:.0f} GiB a volume may have; a damaged file?')
+    need = voxels * max(WORKING_BYTES_PER_VOXEL, np.dtype(dtype).itemsize)
+    free = available_memory()
+    if free is not None and need > free:
+        raise VolumeError(f'{path}: its header declares {described}; working on it needs about '
+                          f'{need / 2 ** 30:.3g} GiB, more than the {free / 2 ** 30:.3g} GiB of memory free here '
+                          '(a damaged header, or a volume to crop or downsample first)')
+
+
+def _described(err):
+    """An exception as one readable phrase (``MemoryError()`` has no text of its own)."""
+    if isinstance(err, MemoryError):
+        return 'out of memory'
+    return f'{type(err).__name__}: {err}' if str(err) else type(err).__name__
 
 
 def _read_image(path):
     import nibabel as nib  # imported here: only header formats need it
     try:
-        img = nib.load(path)
-        vol = np.asanyarray(img.dataobj)
+        img = nib.load(path)  # the header only
     except Exception as err:  # nibabel raises many types for corrupt files
-        raise VolumeError(f'{path}: cannot read image ({type(err).__name__}: {err})') from err
+        raise VolumeError(f'{path}: cannot read image ({_described(err)})') from err
+    _check_size(path, img.shape, img.get_data_dtype())
+    try:
+        vol = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise VolumeError(f'{path}: cannot read image ({_described(err)})') from err
     if vol.ndim == 4 and vol.shape[-1] == 1:
         vol = vol[..., 0]
     return vol, np.asarray(img.affine, dtype=np.float64)
@@ -218,6 +270,8 @@ def load_volfile(path, key=None, ret_affine=False, ndim=None, check_finite=False
     else:
         vol, affine = _read_image(path)
     vol = np.asarray(vol)
+    if np.iscomplexobj(vol):
+        raise VolumeError(f'{path}: complex values ({vol.dtype}); give a real image (e.g. the magnitude)')
     if vol.size == 0:
         raise VolumeError(f'{path}: volume is empty (shape {vol.shape})')
     if ndim is not None and vol.ndim not in (ndim, ndim + 1):

@@ -7,6 +7,7 @@ it. Every write is atomic (temporary file, then rename).
 """
 
 import json
+import logging
 import os
 
 import h5py
@@ -38,7 +39,25 @@ def save_model(model, path, overwrite=False):
             with h5py.File(tmp, 'a') as f:
                 f.attrs[_CONFIG_ATTR] = json.dumps(record)
         else:
-            model.save(tmp)
+            save_full(model, tmp)
+
+
+class _LegacyNotice(logging.Filter):
+    def filter(self, record):
+        return 'considered legacy' not in record.getMessage()
+
+
+def save_full(model, path):
+    """``model.save(path)`` (``.h5`` or ``.keras``) without Keras 3's warning that HDF5 is a legacy
+    format: .h5 is this project's model format on purpose (the original release's; users load
+    it from other projects), and a training run would print the warning at every checkpoint."""
+    notice = _LegacyNotice()
+    logger = logging.getLogger('absl')  # where Keras' absl.logging.warning goes
+    logger.addFilter(notice)
+    try:
+        model.save(path)
+    finally:
+        logger.removeFilter(notice)
 
 
 def load_model(path, compile=False):
@@ -54,6 +73,8 @@ def load_model(path, compile=False):
     """
     from . import networks  # noqa: F401  (registers the model classes with Keras)
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(f'{path}: a folder, not a model file (.h5, .keras or .weights.h5)')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path}: model file not found')
     try:

@@ -151,11 +151,16 @@ def prepare_freesurfer_subject(folder, align=False):
         raise FileNotFoundError(f'{folder}: no {candidates[0]} (looked for {", ".join(candidates)})')
     image = find('brainmask.mgz', 'mri/brainmask.mgz')
     seg = find('aseg.mgz', 'mri/aseg.mgz')
-    try:
-        xfm = None if align else find('talairach.xfm', 'mri/transforms/talairach.xfm')
-    except FileNotFoundError:
-        xfm, align = None, True
-    return prepare_volume(image, seg, xfm, align=align)
+    xfm = None if align else _talairach(folder)
+    return prepare_volume(image, seg, xfm, align=xfm is None)
+
+
+def _talairach(folder):
+    """A FreeSurfer subject's ``talairach.xfm``, or ``None``."""
+    for candidate in ('talairach.xfm', 'mri/transforms/talairach.xfm'):
+        if os.path.isfile(os.path.join(folder, candidate)):
+            return os.path.join(folder, candidate)
+    return None
 
 
 def write_prepared(prepared, path, overwrite=False):
@@ -213,7 +218,7 @@ def main(argv=None):
 
 def run(args):
     """Prepare as the command line says (``args`` from :func:`build_parser`); returns the exit code."""
-    from .cli import check_outputs, fail, progress
+    from .cli import check_outputs, fail, progress, setup_device, start_tensorflow
     try:
         if os.path.isdir(args.input) and not is_freesurfer_subject(args.input):
             subjects = sorted(d for d in os.listdir(args.input)
@@ -233,6 +238,10 @@ def run(args):
             for out in outs:
                 if os.path.isdir(src) and os.path.realpath(out).startswith(os.path.realpath(src) + os.sep):
                     fail(f'{out}: inside the input subject folder {src}; write the outputs elsewhere')
+        if args.affine or any(os.path.isdir(src) and _talairach(src) is None for src, _ in jobs):
+            # the alignment runs in TensorFlow: started as the other commands start it, quietly
+            setup_device(None)
+            start_tensorflow()
         for src, dst in progress(jobs, desc='prepare'):
             if os.path.isdir(src):
                 prepared = prepare_freesurfer_subject(src, align=args.affine)

@@ -180,13 +180,28 @@ def write_text(path, text):
         f.write(text)
 
 
+def _size(text):
+    """argparse type of a shape like ``160x192x224`` (2 or 3 positive sizes)."""
+    parts = text.lower().split('x')
+    if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f'expected a shape like 160x192x224, got {text!r}')
+    return tuple(int(p) for p in parts)
+
+
+def _positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 1, got {text!r}')
+    return int(text)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='python -m vxm_keras.bench', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sizes', nargs='+', default=['80x96x112', '160x192x224'])
+    parser.add_argument('--sizes', nargs='+', type=_size, default=[(80, 96, 112), (160, 192, 224)],
+                        help='volume shapes, e.g. 80x96x112 (default 80x96x112 160x192x224)')
     parser.add_argument('--models', nargs='+', default=['vm1', 'vm2'], choices=['vm1', 'vm2'])
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--batch-scans', type=int, default=10,
+    parser.add_argument('--repeats', type=_positive, default=3)
+    parser.add_argument('--batch-scans', type=_positive, default=10,
                         help=f'scans in the batch-throughput run (more than {SHORT_BATCH} for the added-scan cost)')
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'RESULTS.md'),
                         help='the Markdown report; the results also go to the same name with .json')
@@ -209,7 +224,7 @@ def main(argv=None):
     if args.quick:
         sizes, repeats, models = [(32, 32, 32)], 1, ['vm1']
     else:
-        sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes]
+        sizes = args.sizes
         repeats, models = args.repeats, args.models
     command = shlex.join(['python', '-m', 'vxm_keras.bench', *(sys.argv[1:] if argv is None else argv)])
     results = collect(sizes, models, repeats, args.batch_scans, peers=args.peers, pair=args.pair,

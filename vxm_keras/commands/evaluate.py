@@ -50,7 +50,8 @@ def build_parser():
                                 parents=[registration_options(0), overwrite_option(), device_options()])
     p.add_argument('--model', required=True, help='trained model (.h5)')
     data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument('--test-list', '--test_list', dest='test_list', help='text file, one prepared .npz (vol, seg) or FreeSurfer subject folder (brainmask.mgz, aseg.mgz) per line')
+    data.add_argument('--test-list', '--test_list', dest='test_list', help='text file, one prepared .npz (vol, seg) or FreeSurfer subject folder (brainmask.mgz, aseg.mgz) per '
+                      "line (relative paths are taken from the list's folder)")
     data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of .npz test scans')
     p.add_argument('--atlas', default=DEFAULT_ATLAS,
                    help="atlas .npz (vol, seg), or 'none' for scan-to-scan pairs")
@@ -82,6 +83,8 @@ def run(args):
     check_registration(args)
     if args.synthetic < 0:
         fail(f'--synthetic must be >= 0, got {args.synthetic}')
+    if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        fail(f'{args.out_dir}: exists and is not a folder (--out-dir takes a folder)')
     if args.out_dir and os.path.exists(os.path.join(args.out_dir, 'dice.csv')) and not args.overwrite:
         fail(f'{os.path.join(args.out_dir, "dice.csv")}: exists (use --overwrite to replace it)')
     start_tensorflow()

@@ -58,10 +58,11 @@ def build_parser():
                                 parents=[registration_options(DEFAULT_OPTIMIZE), overwrite_option(), device_options()])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--moving', help='moving scan (.npz/.npy/.nii/.nii.gz/.mgz), or a folder of scans')
-    src.add_argument('--moving-list', dest='moving_list', help='text file, one moving scan per line')
+    src.add_argument('--moving-list', dest='moving_list', help="text file, one moving scan per line (relative paths are taken from the list's folder)")
     p.add_argument('--fixed', default=DEFAULT_FIXED, help='fixed scan (default data/atlas.npz)')
     p.add_argument('--model', default=DEFAULT_MODEL, help='trained model (default models/vm2_atlas.h5)')
-    p.add_argument('--moved', default=None, help='output: warped moving scan (default <moving>_moved.<ext> here)')
+    p.add_argument('--moved', default=None, help='output: warped moving scan (default <moving name>_moved.<ext> in --out-dir, or in the '
+                        'current folder)')
     p.add_argument('--warp', default=None, help='output: displacement field')
     p.add_argument('--inverse-warp', dest='inverse_warp', default=None,
                    help='output: inverse displacement field (diffeomorphic vm2diff models)')
@@ -78,7 +79,8 @@ def build_parser():
     p.add_argument('--uncertainty-samples', dest='uncertainty_samples', type=int, default=16,
                    help='velocities drawn for --uncertainty (default 16)')
     p.add_argument('--out-dir', dest='out_dir', default=None,
-                   help='batch mode: folder for <name>_moved.<ext> (and <name>_warp.<ext>) outputs')
+                   help='folder for <name>_moved.<ext> (and in batch mode <name>_warp.<ext>) outputs; created if '
+                        'its parent exists')
     p.add_argument('--save-warp', dest='save_warp', action='store_true', help='batch mode: also write the warps')
     p.add_argument('--resume', action='store_true', help='batch mode: skip scans whose outputs exist')
     p.add_argument('--affine', choices=('auto', 'on', 'off'), default='auto',
@@ -198,17 +200,29 @@ def _check_warp_format(args):
 def _single(args, timings):
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..io import atomic_paths, load_volfile, save_volfile, volume_extension
+    from ..io import EXTENSIONS, atomic_paths, load_volfile, save_volfile, volume_extension
 
     if args.moved_seg and not args.moving_seg:
         fail('--moved-seg needs --moving-seg')
     if args.moved is None:
         stem, ext = _split_ext(args.moving)
-        args.moved = stem + '_moved' + ext
+        args.moved = os.path.join(args.out_dir or '', stem + '_moved' + ext)
+        if args.out_dir:
+            if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+                fail(f'{args.out_dir}: exists and is not a folder')
+            parent = os.path.dirname(os.path.abspath(args.out_dir))
+            if not os.path.isdir(parent):
+                fail(f'{args.out_dir}: its folder {parent} does not exist')
+            os.makedirs(args.out_dir, exist_ok=True)
     outputs = [o for o in (args.moved, args.warp, args.inverse_warp, args.moved_seg, args.save_affine,
                            args.uncertainty, args.png) if o]
     if args.uncertainty_samples < 2:
         fail(f'--uncertainty-samples must be >= 2, got {args.uncertainty_samples}')
+    for flag in ('moved', 'warp', 'inverse_warp', 'moved_seg', 'uncertainty'):
+        path = getattr(args, flag)
+        if path is not None and not path.lower().endswith(EXTENSIONS):
+            fail(f'{path!r}: --{flag.replace("_", "-")} writes a volume: give a file name ending in one of '
+                 f'{", ".join(EXTENSIONS)}')
     check_outputs(outputs, _inputs(args), args.overwrite)
     if args.png and not args.png.lower().endswith(FIGURE_EXTENSIONS):
         fail(f'{args.png}: a figure needs one of the extensions {", ".join(FIGURE_EXTENSIONS)}')
@@ -230,6 +244,9 @@ def _single(args, timings):
     # the pair is checked before the model loads, so a bad input fails without waiting for TensorFlow
     if moving.ndim not in (2, 3):
         fail(f'{args.moving}: expected a 2-D or 3-D scan, got shape {moving.shape}')
+    if moving.ndim == 2 and (args.warp or args.inverse_warp) and args.warp_format in ('itk', 'ras'):
+        fail(f'{args.moving}: a 2-D scan; --warp-format {args.warp_format} writes 3-D world-space fields '
+             '(use --warp-format voxel)')
     if moving.shape != fixed.shape and (args.affine == 'off' or moving.ndim != 3 or fixed.ndim != 3):
         fail(f'{args.moving}: shape {moving.shape} differs from the fixed scan {args.fixed} {fixed.shape}'
              + (' (--affine auto aligns 3-D scans of any grid)' if args.affine == 'off' else ''))
@@ -387,6 +404,26 @@ def _batch_inputs(args):
     return files
 
 
+def _earlier_outputs(paths):
+    """The ``<name>_moved`` / ``<name>_warp`` files among ``paths`` whose ``<name>`` scan is in
+    the same folder among ``paths``: what an earlier batch run wrote beside its inputs."""
+    scans = {(os.path.dirname(os.path.abspath(p)), _split_ext(p)[0]) for p in paths if _has_ext(p)}
+    outputs = []
+    for p in paths:
+        m = re.fullmatch(r'(.+)_(moved|warp)', _split_ext(p)[0]) if _has_ext(p) else None
+        if m and (os.path.dirname(os.path.abspath(p)), m.group(1)) in scans:
+            outputs.append(p)
+    return outputs
+
+
+def _has_ext(path):
+    try:
+        _split_ext(path)
+        return True
+    except ValueError:
+        return False
+
+
 def _remove_partial_outputs(folder):
     """Delete the hidden temporary files a killed run left in ``folder`` (see ``io.atomic_path``)."""
     from ..io import TEMP_PATTERN
@@ -416,18 +453,19 @@ def _batch(args):
         fail(f'{args.out_dir}: exists and is not a folder')
 
     inputs = _batch_inputs(args)
-    if args.moving and os.path.isdir(args.moving) and same_path(args.moving, args.out_dir):
-        # the folder holds earlier outputs too: never register those again
-        ours = [p for p in inputs if re.search(r'_(moved|warp)$', _split_ext(p)[0])]
-        if ours:
-            print(f'note: {len(ours)} files in {args.out_dir} are outputs of earlier runs (*_moved, *_warp) '
-                  'and are not registered', file=sys.stderr)
-        inputs = [p for p in inputs if p not in ours]
-    jobs, skipped, claimed = [], 0, {}
+    ours = _earlier_outputs(inputs)
+    if ours:
+        print(f'note: {len(ours)} of the scans are outputs of an earlier run beside their scan '
+              f'(e.g. {ours[0]}) and are not registered', file=sys.stderr)
+    inputs = [p for p in inputs if p not in ours]
+    jobs, skipped, claimed, failed = [], 0, {}, []
     for path in inputs:
         try:
+            if os.path.isdir(path):
+                raise ValueError(f'{path}: a folder, not a scan (a list names one scan per line)')
             stem, ext = _split_ext(path)
-        except ValueError as err:
+        except ValueError as err:  # counted: a batch with a bad entry does not end with exit 0
+            failed.append(path)
             print(f'error: {err}', file=sys.stderr)
             continue
         outs = [os.path.join(args.out_dir, f'{stem}_moved{ext}')]
@@ -459,10 +497,12 @@ def _batch(args):
     if not os.access(args.out_dir, os.W_OK):
         fail(f'{args.out_dir}: folder is not writable')
     _remove_partial_outputs(args.out_dir)
-    total = len(jobs) + skipped
-    failed = []
+    total = len(jobs) + skipped + len(failed)
     t0 = time.perf_counter()
     fixed, fixed_affine = load_volfile(args.fixed, ret_affine=True, check_finite=True)
+    if fixed.ndim == 2 and args.save_warp and args.warp_format in ('itk', 'ras'):
+        fail(f'{args.fixed}: a 2-D scan; --warp-format {args.warp_format} writes 3-D world-space fields '
+             '(use --warp-format voxel)')
     reg = _engine(args, args.fixed, fixed)
     fixed_placement = None
 
@@ -503,7 +543,7 @@ def _batch(args):
                 failed.append(path)
                 print(f'error: {err}', file=sys.stderr)
     seconds = time.perf_counter() - t0
-    done = len(jobs) - len(failed)
+    done = total - skipped - len(failed)
     print(f'{done} registered, {skipped} already done, {len(failed)} failed of {total} scans '
           f'in {seconds:.1f} s ({60 * done / max(seconds, 1e-9):.1f} scans per minute)')
     return 1 if failed else 0

@@ -13,8 +13,8 @@ import re
 import sys
 import tempfile
 
-from ..cli import (check_schedule, device_options, execute, fail, schedule_options, setup_device, start_tensorflow,
-                   training_data_options)
+from ..cli import (check_schedule, device_options, execute, fail, finite_float, nonnegative_int, positive_int,
+                  schedule_options, setup_device, start_training_tensorflow, training_data_options, writes_outputs)
 
 from ..shipped import DEFAULT_ATLAS
 
@@ -28,22 +28,22 @@ def build_parser():
     p.add_argument('--model', default='vm2', choices=['vm1', 'vm2', 'vm2diff'],
                    help='vm1, vm2 (CVPR 2018 / TMI 2019), or vm2diff (probabilistic diffeomorphic, MICCAI 2018)')
     p.add_argument('--image-loss', '--image_loss', dest='image_loss', default='ncc', choices=['ncc', 'mse'])
-    p.add_argument('--lambda', '--reg_param', dest='lam', type=float, default=None,
+    p.add_argument('--lambda', '--reg_param', dest='lam', type=finite_float, default=None,
                    help='smoothness weight (default 1.0 for ncc, 0.01 for mse)')
     p.add_argument('--init-weights', dest='init_weights', default=None,
                    help='start a new model from the weights of this trained model, layer by layer where '
                         'names and shapes match (e.g. a VM-2 .h5 for a vm2diff run); the rest starts fresh')
-    p.add_argument('--int-steps', '--int_steps', dest='int_steps', type=int, default=0,
+    p.add_argument('--int-steps', '--int_steps', dest='int_steps', type=nonnegative_int, default=0,
                    help='scaling-and-squaring steps (0: plain displacement; 7: diffeomorphic)')
-    p.add_argument('--int-downsize', dest='int_downsize', type=int, default=1)
+    p.add_argument('--int-downsize', dest='int_downsize', type=positive_int, default=1)
     p.add_argument('--unet-downsize', dest='unet_downsize', type=int, default=1, choices=[1, 2, 4],
                    help='run the U-Net at 1/N resolution and upsample its field (CPU training)')
-    p.add_argument('--prior-lambda', dest='prior_lambda', type=float, default=25.0,
+    p.add_argument('--prior-lambda', dest='prior_lambda', type=finite_float, default=25.0,
                    help='vm2diff: precision weight of the Laplacian prior (default 25)')
-    p.add_argument('--image-sigma', dest='image_sigma', type=float, default=0.01,
+    p.add_argument('--image-sigma', dest='image_sigma', type=finite_float, default=0.01,
                    help='vm2diff: noise std of the Gaussian image likelihood (default 0.01)')
     p.add_argument('--bidir', action='store_true', help='vm2diff: also warp fixed to moving with the inverse')
-    p.add_argument('--seg-weight', dest='seg_weight', type=float, default=0.0,
+    p.add_argument('--seg-weight', dest='seg_weight', type=finite_float, default=0.0,
                    help="weight of the auxiliary Dice loss on the scans' 'seg' maps (TMI 2019); 0 = off")
     p.add_argument('--seg-labels', dest='seg_labels', type=int, nargs='+', default=None,
                    help='labels of that Dice loss (default: the 30 structures, or the atlas seg labels)')
@@ -59,7 +59,7 @@ def build_parser():
                         '(the training scans\' seg maps, plus the .nii.gz/.mgz/.npz maps in DIR, reduced to the '
                         'brain and centred on the grid), scored by the Dice of the warped labels alone; '
                         'the result does not depend on the scans\' contrast')
-    p.add_argument('--synth-mix', dest='synth_mix', type=float, default=0.0, metavar='P',
+    p.add_argument('--synth-mix', dest='synth_mix', type=finite_float, default=0.0, metavar='P',
                    help='with --synth: the fraction of steps (0-1) that train on real pairs of the training scans '
                         '(image similarity and smoothness, as without --synth) instead of synthetic ones; '
                         'keeps a network fine-tuned from real-scan weights registering real anatomy '
@@ -84,13 +84,7 @@ def _strategy(tf, n_gpus):
     otherwise the default strategy.
     """
     if os.environ.get('TF_CONFIG'):
-        import json
-        config = json.loads(os.environ['TF_CONFIG'])
-        task = config.get('task', {})
-        has_chief = 'chief' in config.get('cluster', {})
-        is_chief = task.get('type') == 'chief' or (not has_chief and task.get('type') == 'worker'
-                                                   and int(task.get('index', 0)) == 0)
-        return tf.distribute.MultiWorkerMirroredStrategy(), is_chief
+        return tf.distribute.MultiWorkerMirroredStrategy(), writes_outputs()
     if n_gpus > 1:
         return tf.distribute.MirroredStrategy(), True
     return tf.distribute.get_strategy(), True
@@ -203,7 +197,7 @@ def run(args):
     initial_epoch = check_schedule(args)
     if not 0 <= args.synth_mix < 1:
         fail(f'--synth-mix must be a fraction in [0, 1), got {args.synth_mix}')
-    start_tensorflow()
+    start_training_tensorflow()
     import keras
     import numpy as np
     import tensorflow as tf

@@ -28,8 +28,8 @@ import csv
 import os
 import sys
 
-from ..cli import (check_schedule, device_options, execute, fail, schedule_options, setup_device, start_tensorflow,
-                   training_data_options)
+from ..cli import (check_schedule, device_options, execute, fail, finite_float, nonnegative_int, positive_int,
+                  schedule_options, setup_device, start_training_tensorflow, training_data_options)
 
 
 def build_parser():
@@ -41,17 +41,17 @@ def build_parser():
     p.add_argument('--attributes', help='CSV: file name, then one numeric column per attribute')
     p.add_argument('--condition', default='none', choices=['none', 'class', 'class+scale'],
                    help='Fashion-MNIST: what the template is conditioned on')
-    p.add_argument('--scale-range', dest='scale_range', type=float, nargs=2, default=(0.6, 1.4),
+    p.add_argument('--scale-range', dest='scale_range', type=finite_float, nargs=2, default=(0.6, 1.4),
                    help='Fashion-MNIST class+scale: range of the random zoom applied to the images')
-    p.add_argument('--n-images', dest='n_images', type=int, default=10000,
+    p.add_argument('--n-images', dest='n_images', type=positive_int, default=10000,
                    help='Fashion-MNIST: how many training images to use')
-    p.add_argument('--downsize', type=int, default=1, help='block-average 3-D scans by this factor first')
-    p.add_argument('--image-sigma', dest='image_sigma', type=float, default=0.1)
-    p.add_argument('--gamma', type=float, default=10.0, help='weight of the centrality term')
-    p.add_argument('--lambda-d', dest='lambda_d', type=float, default=0.01, help='displacement magnitude weight')
-    p.add_argument('--lambda-a', dest='lambda_a', type=float, default=1.0, help='smoothness weight')
-    p.add_argument('--int-steps', dest='int_steps', type=int, default=7)
-    p.add_argument('--int-downsize', dest='int_downsize', type=int, default=2)
+    p.add_argument('--downsize', type=positive_int, default=1, help='block-average 3-D scans by this factor first')
+    p.add_argument('--image-sigma', dest='image_sigma', type=finite_float, default=0.1)
+    p.add_argument('--gamma', type=finite_float, default=10.0, help='weight of the centrality term')
+    p.add_argument('--lambda-d', dest='lambda_d', type=finite_float, default=0.01, help='displacement magnitude weight')
+    p.add_argument('--lambda-a', dest='lambda_a', type=finite_float, default=1.0, help='smoothness weight')
+    p.add_argument('--int-steps', dest='int_steps', type=nonnegative_int, default=7)
+    p.add_argument('--int-downsize', dest='int_downsize', type=positive_int, default=2)
     return p
 
 
@@ -89,6 +89,10 @@ def _read_attributes(path, files):
         fail(f'{path}: not a CSV text file (not UTF-8 text)')
     if len(rows) < 2:
         fail(f'{path}: needs a header and one row per scan')
+    names = {os.path.basename(f) for f in files}
+    if os.path.basename(rows[0][0]) in names:  # a header names columns, not a scan
+        fail(f'{path}: the first line is the row of {rows[0][0]}, not a header; add a header line '
+             '(a name for the file column, then one per attribute)')
     table = {}
     width = len(rows[0])
     for n, row in enumerate(rows[1:], start=2):
@@ -116,7 +120,7 @@ def run(args):
     exit code."""
     setup_device(args.gpu, args.verbose)
     initial_epoch = check_schedule(args)
-    start_tensorflow()
+    start_training_tensorflow()
     import keras
     import numpy as np
 
