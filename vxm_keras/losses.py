@@ -146,6 +146,94 @@ def _ncc_combine(true_sums, pred_sums, a, b, win, eps):
     return cross * cross / (var_i * var_j + eps)
 
 
+def mind_pairs(ndim):
+    """The neighbour pairs of MIND-SSC: unit offsets ``(a, b)`` of the ``2 * ndim`` face
+    neighbours at squared distance 2 from each other (the 12 edges of the 3-D
+    six-neighbourhood's octahedron; 4 pairs in 2-D), each an ``ndim``-tuple."""
+    units = []
+    for d in range(ndim):
+        for sign in (1, -1):
+            units.append(tuple(sign if k == d else 0 for k in range(ndim)))
+    return [(a, b) for i, a in enumerate(units) for b in units[i + 1:]
+            if sum((x - y) ** 2 for x, y in zip(a, b)) == 2]
+
+
+def _shift(padded, offset, pad, shape):
+    """``x(p + offset)`` for every voxel ``p`` of ``x``, from ``x`` padded by ``pad`` per side."""
+    begin = [0] + [pad + o for o in offset] + [0]
+    return tf.slice(padded, begin, [-1, *shape, -1])
+
+
+def mind_ssc(image, radius=1, dilation=2):
+    """MIND-SSC descriptors (Heinrich et al., MICCAI 2013): for each neighbour pair ``(a, b)`` of
+    :func:`mind_pairs` scaled by ``dilation`` voxels, the patch distance
+    ``D = mean over the (2 radius + 1)-box of (I(x + a) - I(x + b))^2`` (symmetric padding at
+    the edges for the shifts, zeros outside the volume in the box mean, as NCC's windows),
+    then ``exp(-(D - min_pairs D) / V)`` with ``V`` the mean over pairs of ``D - min D``,
+    clamped to [0.001, 1000] times its mean over the image.
+
+    Args:
+        image: ``(batch, *spatial, 1)``.
+
+    Returns:
+        ``(batch, *spatial, pairs)`` float32 in (0, 1]: alike for two images of one anatomy
+        whatever their contrasts, as they describe local self-similarity, not intensity.
+    """
+    image = tf.cast(image, tf.float32)
+    ndim = len(image.shape) - 2
+    shape = list(image.shape[1:-1])
+    pad = int(dilation)
+    padded = tf.pad(image, [[0, 0]] + [[pad, pad]] * ndim + [[0, 0]], mode='SYMMETRIC')
+    shifted = {}
+
+    def at(offset):
+        if offset not in shifted:
+            shifted[offset] = _shift(padded, [o * pad for o in offset], pad, shape)
+        return shifted[offset]
+    diffs = tf.concat([tf.square(at(a) - at(b)) for a, b in mind_pairs(ndim)], -1)
+    win = [2 * int(radius) + 1] * ndim
+    dist = box_sum(diffs, win) / float(np.prod(win))
+    dist = dist - tf.reduce_min(dist, -1, keepdims=True)
+    var = tf.reduce_mean(dist, -1, keepdims=True)
+    level = tf.reduce_mean(var, _spatial_axes(var), keepdims=True)
+    var = tf.clip_by_value(var, 1e-3 * level, 1e3 * level)
+    return tf.exp(-dist / tf.maximum(var, 1e-12))
+
+
+@_register
+class MIND(keras.losses.Loss):
+    """Mean squared difference of MIND-SSC descriptors (:func:`mind_ssc`) per batch element: an
+    image term for pairs of different contrasts (T2 or FLAIR to T1), where intensities are not
+    comparable but local self-similarity is (ConvexAdam's multimodal term, Siebert et al. 2021).
+
+    Args:
+        radius: half-size of the patch box (default 1: 3 voxels).
+        dilation: distance of the neighbours, voxels (default 2).
+    """
+
+    def __init__(self, radius=1, dilation=2, name='mind', **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.radius, self.dilation = int(radius), int(dilation)
+        if self.radius < 0 or self.dilation < 1:
+            raise ValueError(f'MIND needs radius >= 0 and dilation >= 1, got {radius} and {dilation}')
+
+    def call(self, y_true, y_pred):
+        return self.prepared_loss(self.prepare(y_true), y_pred)
+
+    def prepare(self, y_true):
+        """The fixed image's descriptors, made once for any number of ``y_pred``."""
+        return tf.stop_gradient(mind_ssc(y_true, self.radius, self.dilation))
+
+    def prepared_loss(self, prepared, y_pred):
+        """:meth:`call` with the fixed image's descriptors from :meth:`prepare`."""
+        return _per_sample_mean(tf.square(prepared - mind_ssc(y_pred, self.radius, self.dilation)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(radius=self.radius, dilation=self.dilation)
+        return config
+
+
 @_fused
 def _mse(y_true, y_pred):
     return _per_sample_mean(tf.square(tf.cast(y_true, tf.float32) - tf.cast(y_pred, tf.float32)))
