@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import vxm_keras
-from vxm_keras import losses, networks
+from vxm_keras import losses, modelio, networks
 from vxm_keras.layers import UpsampleConcatConv
 from vxm_keras.metrics import dice
 
@@ -49,7 +49,7 @@ def test_shapes_and_params(builder, enc, dec, inshape):
     ndim = len(inshape)
     assert [tuple(t.shape) for t in model.inputs] == [(None, *inshape, 1)] * 2
     assert [tuple(t.shape) for t in model.outputs] == [(None, *inshape, 1), (None, *inshape, ndim)]
-    assert networks.count_params(model) == expected_params(ndim, enc, dec)
+    assert modelio.count_params(model) == expected_params(ndim, enc, dec)
     convs = [l for l in model.layers
              if isinstance(l, keras.layers.Conv2D | keras.layers.Conv3D | UpsampleConcatConv)]
     assert [c.filters for c in convs] == list(enc) + list(dec) + [ndim]
@@ -164,7 +164,7 @@ def test_half_resolution_unet(rng):
     model = networks.vm2((64, 64, 32), unet_downsize=2)
     assert tuple(model.outputs[0].shape) == (None, 64, 64, 32, 1)
     assert tuple(model.outputs[1].shape) == (None, 32, 32, 16, 3)
-    assert networks.count_params(model) == expected_params(3, (16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16))
+    assert modelio.count_params(model) == expected_params(3, (16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16))
     with pytest.raises(ValueError, match='not divisible by 32'):
         networks.vm2((48, 64, 32), unet_downsize=2)
     # the full-resolution warp is the half-resolution flow upsampled with its vectors doubled
@@ -261,7 +261,7 @@ def test_transfer_weights_copies_the_shared_unet_layers_only():
     source = networks.vm2((32, 32))
     target = networks.vm2diff((32, 32))
     before = {layer.name: layer.get_weights() for layer in target.layers if layer.get_weights()}
-    copied, skipped = networks.transfer_weights(source, target)
+    copied, skipped = modelio.transfer_weights(source, target)
     shared = [f'enc_{i}_conv' for i in range(4)] + [f'dec_{i}_conv' for i in range(4)]
     assert copied == shared
     # VM-2's dec_4 has 32 features, vm2diff's 16; the heads exist only in vm2diff

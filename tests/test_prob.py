@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import vxm_keras
-from vxm_keras import losses, networks
+from vxm_keras import losses, modelio, networks
 from vxm_keras.layers import SampleNormal, UpsampleConcatConv, VecInt
 from vxm_keras.metrics import dice, jacobian_determinant
 
@@ -28,7 +28,7 @@ def test_architecture_and_heads():
     k = 27
     convs_io = [(2, 16), (16, 32), (32, 32), (32, 32), (32, 32), (64, 32), (64, 32), (48, 32), (32, 16),
                 (16, 3), (16, 3)]
-    assert networks.count_params(model) == sum(k * i * o + o for i, o in convs_io)
+    assert modelio.count_params(model) == sum(k * i * o + o for i, o in convs_io)
 
 
 def test_sampling_only_while_training():

@@ -251,10 +251,10 @@ def test_bench_sizes_are_checked_as_they_are_read():
 def test_two_runs_cannot_share_a_run_folder(dataset, tmp_path):
     """A running training holds its folder: a second run into it stops at once, before
     touching anything; once the first ends, the folder is free again."""
-    from vxm_keras import cli
+    from vxm_keras import runs
     run = tmp_path / 'run'
-    held = len(cli._RUN_DIR_LOCKS)
-    cli.lock_run_dir(str(run))  # what a running train.py holds
+    held = runs.held_locks()
+    runs.lock_run_dir(str(run))  # what a running train.py holds
     try:
         data = ['--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--steps-per-epoch', 1]
         err = user_error(script('train.py', *data, '--epochs', 1, '--model-dir', run, check=False))
@@ -265,7 +265,7 @@ def test_two_runs_cannot_share_a_run_folder(dataset, tmp_path):
         assert 'another training run' in user_error(proc)
         assert os.listdir(run) == []
     finally:
-        cli.release_run_dirs(held)
+        runs.release_run_dirs(held)
     assert not run.exists(), 'a folder the lock made and nothing wrote to is removed'
     script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--steps-per-epoch', 1,
            '--epochs', 1, '--model', 'vm1', '--model-dir', run)

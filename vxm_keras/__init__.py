@@ -33,7 +33,8 @@ _TF_FREE = '-m' in _ARGV[:-1] and _ARGV[_ARGV.index('-m') + 1] in ('vxm_keras.pr
 
 if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1' and not _TF_FREE:
     from . import layers, losses, networks  # noqa: F401  (registers Keras objects)
-    from .networks import load_model, save_model, vm1, vm2, vm2diff, vxm_net  # noqa: F401
+    from .modelio import load_model, save_model  # noqa: F401
+    from .networks import vm1, vm2, vm2diff, vxm_net  # noqa: F401
     from .registration import Registration, register  # noqa: F401
 
 

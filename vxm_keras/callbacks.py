@@ -8,7 +8,7 @@ import h5py
 import keras
 import numpy as np
 
-from .cli import EPOCH_ATTR
+from .runs import EPOCH_ATTR
 from .io import atomic_path
 from .modelio import save_full
 

@@ -19,9 +19,6 @@ import numpy as np
 
 from .errors import UserError
 
-# evaluation sets of scan-to-scan pairs, in the order scan_pairs yields them
-SETS = ('pairs', 'inverted', 'synthetic')
-
 
 def load_scans(files):
     """Test scans ``[(name, vol, seg)]`` (float32, int32) from prepared ``.npz`` files (``vol``,

@@ -15,7 +15,6 @@ import numpy as np
 from .layers import (LearnedTemplate, MeanStream, OneHot, RescaleTransform, SampleNormal, SpatialTransformer,
                      Subsample, VecInt)
 
-from .modelio import count_params, load_model, save_model, transfer_weights  # noqa: F401  (their old home)
 from .unet import _conv, _upsample, check_inshape, conv_block, unet_core, up_block  # noqa: F401
 
 _register = keras.saving.register_keras_serializable(package='vxm_keras')

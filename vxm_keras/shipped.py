@@ -38,4 +38,3 @@ def shipped_file(relative):
 
 DEFAULT_ATLAS = shipped_file(os.path.join('data', 'atlas.npz'))
 DEFAULT_MODEL = shipped_file(os.path.join('models', 'vm2_atlas.h5'))
-EXAMPLE_SCAN = shipped_file(os.path.join('data', 'example_moving.npz'))

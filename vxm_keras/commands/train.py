@@ -14,8 +14,9 @@ import sys
 import tempfile
 
 from ..cli import (check_schedule, device_options, execute, fail, finite_float, nonnegative_int, positive_int,
-                  schedule_options, setup_device, start_training_tensorflow, training_data_options, writes_outputs)
+                  schedule_options, setup_device, start_training_tensorflow, training_data_options)
 
+from ..runs import writes_outputs
 from ..shipped import DEFAULT_ATLAS
 
 
