@@ -422,6 +422,9 @@ def test_commands_run_in_process_and_report_user_errors(capsys, tmp_path):
     assert capsys.readouterr().err == 'error: x.npz: not usable\n'
     assert register.main(['--moving', 'm.npz', '--cascade', '0']) == 2
     assert 'error: --optimize must be >= 0 and --cascade >= 1' in capsys.readouterr().err
+    assert register.main(['--moving', 'm.npz', '--cross-contrast', '--optimize', '0']) == 2
+    assert 'error: --cross-contrast refines from the affine alignment: it needs --optimize > 0' \
+        in capsys.readouterr().err
     assert evaluate.main(['--model', 'm.h5', '--data-dir', str(tmp_path), '--synthetic', '-2']) == 2
     assert capsys.readouterr().err == 'error: --synthetic must be >= 0, got -2\n'
     args = train.build_parser().parse_args(['--data-dir', str(tmp_path), '--epochs', '0'])

@@ -139,6 +139,10 @@ def registration_options(default_optimize):
                         'the cost of a half-resolution step; default 5)')
     p.add_argument('--cascade', type=int, default=1, metavar='K',
                    help='apply the network K times, each on the previous result, composing the fields')
+    p.add_argument('--cross-contrast', dest='cross_contrast', action='store_true',
+                   help='the moving scan\'s contrast differs from the fixed scan\'s (T2, FLAIR or PD to a T1): '
+                        'the refinement compares MIND-SSC descriptors instead of intensities and starts from the '
+                        'affine alignment rather than the network, which saw T1 pairs only (models/README.md)')
     return p
 
 
@@ -159,6 +163,10 @@ def check_registration(args):
         options['coarse'] = args.optimize_coarse
     if args.optimize_fine is not None:
         options['fine'] = args.optimize_fine
+    if getattr(args, 'cross_contrast', False):
+        if args.optimize < 1 or args.cascade != 1:
+            fail('--cross-contrast refines from the affine alignment: it needs --optimize > 0 and --cascade 1')
+        options.update(image_loss='mind', network=False)
     return options
 
 

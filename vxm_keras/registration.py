@@ -66,6 +66,12 @@ COARSE_STEPS = 25
 # at most, for 0.8-1 s more a pair (the time budget: a fifth of ANTs SyN's).
 FINE_STEPS = 5
 FINE_LAMBDA = 4.0
+# The optimisation's image terms by name, and the weight of each against the smoothness weights
+# above (set for NCC): 'mind' compares MIND-SSC descriptors, for a moving scan whose contrast
+# differs from the fixed one's (T2, FLAIR, PD to a T1). Its weight, 10, is the one value measured
+# so far (MNI152 T2 -> T1 with known deformations, models/README.md); not tuned.
+IMAGE_LOSSES = {'ncc': losses.NCC, 'mse': losses.MSE, 'mind': losses.MIND}
+IMAGE_LOSS_WEIGHTS = {'ncc': 1.0, 'mse': 1.0, 'mind': 10.0}
 
 
 @dataclasses.dataclass
@@ -145,7 +151,7 @@ class Registration:
     # -- registration --------------------------------------------------------------------------
 
     def register(self, moving, fixed, inverse=False, optimize=0, cascade=1, lam=OPT_LAMBDA, lr=DEFAULT_LR,
-                 image_loss='ncc', coarse=None, fine=None, fine_lam=FINE_LAMBDA):
+                 image_loss='ncc', coarse=None, fine=None, fine_lam=FINE_LAMBDA, network=True):
         """Register ``moving`` to ``fixed``.
 
         Args:
@@ -157,11 +163,16 @@ class Registration:
             cascade: network passes, each on the previous result, fields composed.
             lam: smoothness weight of the optimisation loss (``OPT_LAMBDA``).
             lr: Adam step size of the optimisation, voxels of the field's grid.
-            image_loss: ``'ncc'`` (9^3 window) or ``'mse'`` for the optimisation.
+            image_loss: the optimisation's image term (:data:`IMAGE_LOSSES`): ``'ncc'`` (9^3
+                window), ``'mse'``, or ``'mind'`` (MIND-SSC descriptors) for a moving scan whose
+                contrast differs from the fixed scan's.
             coarse: steps of the optimisation at a quarter of the resolution, before the
                 ``optimize`` steps (default ``COARSE_STEPS``; only with ``optimize`` > 0).
             fine: steps at full resolution after them (default ``FINE_STEPS``; only with
                 ``optimize`` > 0), smoothness weight ``fine_lam``.
+            network: start the optimisation from the network's field; ``False`` starts it from
+                no deformation (for a pair the network was not trained on, e.g. a T2 moving scan
+                for a network trained on T1 pairs); needs ``optimize`` > 0 and ``cascade`` 1.
 
         Returns:
             :class:`Result`.
@@ -171,6 +182,11 @@ class Registration:
                              '(train.py --model vm2diff) does')
         if int(cascade) < 1 or int(optimize) < 0:
             raise ValueError(f'cascade must be >= 1 and optimize >= 0, got {cascade} and {optimize}')
+        if not network and (int(optimize) < 1 or int(cascade) != 1):
+            raise ValueError('starting without the network needs optimize > 0 and cascade 1, '
+                             f'got {optimize} and {cascade}')
+        if image_loss not in IMAGE_LOSSES:
+            raise ValueError(f'image_loss must be one of {", ".join(IMAGE_LOSSES)}, got {image_loss!r}')
         if any(n is not None and int(n) < 0 for n in (coarse, fine)):
             raise ValueError(f'coarse and fine steps must be >= 0, got {coarse} and {fine}')
         self.check(moving, 'moving')
@@ -184,7 +200,10 @@ class Registration:
         stages = {}
         for k in range(int(cascade)):
             t_net = time.perf_counter()
-            field = tf.convert_to_tensor(self._field_net.predict_on_batch([current, fixed_b]))
+            if network:
+                field = tf.convert_to_tensor(self._field_net.predict_on_batch([current, fixed_b]))
+            else:
+                field = tf.zeros([1, *self._field_net.outputs[0].shape[1:]])
             stages['network'] = stages.get('network', 0.0) + time.perf_counter() - t_net
             if optimize and k == int(cascade) - 1:
                 field, history = self.optimize_field(field, current, fixed_b, int(optimize), lam=lam, lr=lr,
@@ -288,7 +307,8 @@ class Registration:
         ``similarity(fixed, moving o displacement) + lam * Grad(field)``."""
         if key in self._steps:
             return self._steps[key]
-        sim = losses.NCC() if image_loss == 'ncc' else losses.MSE()
+        sim = IMAGE_LOSSES[image_loss]()
+        weight = IMAGE_LOSS_WEIGHTS[image_loss]
         smooth = losses.Grad('l2')
         indexing = self.indexing
 
@@ -297,7 +317,7 @@ class Registration:
                 field = field_of(variable, base)
                 moved = spatial.transform(moving, warp_of(field), 'linear', indexing=indexing)
                 # one pair: the per-sample image loss is (1,); the step's loss is a scalar
-                loss = tf.reduce_mean(sim.prepared_loss(prepared_fixed, moved)) + lam * smooth(field, field)
+                loss = weight * tf.reduce_mean(sim.prepared_loss(prepared_fixed, moved)) + lam * smooth(field, field)
             adam_update(variable, m, v, tape.gradient(loss, variable), lr, t)
             return loss
 
