@@ -192,7 +192,14 @@ def mind_ssc(image, radius=1, dilation=2):
         return shifted[offset]
     diffs = tf.concat([tf.square(at(a) - at(b)) for a, b in mind_pairs(ndim)], -1)
     win = [2 * int(radius) + 1] * ndim
-    dist = box_sum(diffs, win) / float(np.prod(win))
+    return _mind_normalise(box_sum(diffs, win) / float(np.prod(win)))
+
+
+# XLA for the normalisation alone: measured at 160x192x224 on 2 busy cores, forward + backward,
+# 9.6 s unfused, 8.6 s so, 13.3 s with the shifted differences compiled too
+@_fused
+def _mind_normalise(dist):
+    """Patch distances ``(batch, *spatial, pairs)`` to descriptors, as :func:`mind_ssc` says."""
     dist = dist - tf.reduce_min(dist, -1, keepdims=True)
     var = tf.reduce_mean(dist, -1, keepdims=True)
     level = tf.reduce_mean(var, _spatial_axes(var), keepdims=True)
