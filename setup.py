@@ -35,7 +35,7 @@ setup(
     ],
     extras_require={
         # pytest-xdist: the suite runs on two workers (pytest.ini), about half the time on 2 cores
-        'test': ['pytest', 'pytest-xdist', 'hypothesis'],
+        'test': ['pytest', 'pytest-xdist>=3.2', 'hypothesis'],  # 3.2: --dist worksteal
         # peers for the benchmark (python -m vxm_keras.bench --peers), never needed otherwise
         'peers': ['antspyx'],
     },
