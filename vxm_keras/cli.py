@@ -88,7 +88,8 @@ def training_data_options(*extra_sources):
     p = _parent()
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of prepared .npz scans')
-    data.add_argument('--train-list', '--train_list', dest='train_list', help="text file, one scan path per line (relative paths are taken from the list's folder)")
+    data.add_argument('--train-list', '--train_list', dest='train_list',
+                      help="text file, one scan path per line (relative paths are taken from the list's folder)")
     for flag, help_text in extra_sources:
         data.add_argument(flag, dest=flag.lstrip('-').replace('-', '_'), help=help_text)
     return p

@@ -50,8 +50,9 @@ def build_parser():
                                 parents=[registration_options(0), overwrite_option(), device_options()])
     p.add_argument('--model', required=True, help='trained model (.h5)')
     data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument('--test-list', '--test_list', dest='test_list', help='text file, one prepared .npz (vol, seg) or FreeSurfer subject folder (brainmask.mgz, aseg.mgz) per '
-                      "line (relative paths are taken from the list's folder)")
+    data.add_argument('--test-list', '--test_list', dest='test_list',
+                      help='text file, one prepared .npz (vol, seg) or FreeSurfer subject folder (brainmask.mgz, '
+                           "aseg.mgz) per line (relative paths are taken from the list's folder)")
     data.add_argument('--data-dir', '--data_dir', dest='data_dir', help='folder of .npz test scans')
     p.add_argument('--atlas', default=DEFAULT_ATLAS,
                    help="atlas .npz (vol, seg), or 'none' for scan-to-scan pairs")

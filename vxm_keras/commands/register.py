@@ -58,10 +58,12 @@ def build_parser():
                                 parents=[registration_options(DEFAULT_OPTIMIZE), overwrite_option(), device_options()])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--moving', help='moving scan (.npz/.npy/.nii/.nii.gz/.mgz), or a folder of scans')
-    src.add_argument('--moving-list', dest='moving_list', help="text file, one moving scan per line (relative paths are taken from the list's folder)")
+    src.add_argument('--moving-list', dest='moving_list',
+                     help="text file, one moving scan per line (relative paths are taken from the list's folder)")
     p.add_argument('--fixed', default=DEFAULT_FIXED, help='fixed scan (default data/atlas.npz)')
     p.add_argument('--model', default=DEFAULT_MODEL, help='trained model (default models/vm2_atlas.h5)')
-    p.add_argument('--moved', default=None, help='output: warped moving scan (default <moving name>_moved.<ext> in --out-dir, or in the '
+    p.add_argument('--moved', default=None,
+                   help='output: warped moving scan (default <moving name>_moved.<ext> in --out-dir, or in the '
                         'current folder)')
     p.add_argument('--warp', default=None, help='output: displacement field')
     p.add_argument('--inverse-warp', dest='inverse_warp', default=None,
@@ -244,9 +246,7 @@ def _single(args, timings):
     # the pair is checked before the model loads, so a bad input fails without waiting for TensorFlow
     if moving.ndim not in (2, 3):
         fail(f'{args.moving}: expected a 2-D or 3-D scan, got shape {moving.shape}')
-    if moving.ndim == 2 and (args.warp or args.inverse_warp) and args.warp_format in ('itk', 'ras'):
-        fail(f'{args.moving}: a 2-D scan; --warp-format {args.warp_format} writes 3-D world-space fields '
-             '(use --warp-format voxel)')
+    _refuse_2d_world_warps(args.moving, moving.ndim, args.warp or args.inverse_warp, args.warp_format)
     if moving.shape != fixed.shape and (args.affine == 'off' or moving.ndim != 3 or fixed.ndim != 3):
         fail(f'{args.moving}: shape {moving.shape} differs from the fixed scan {args.fixed} {fixed.shape}'
              + (' (--affine auto aligns 3-D scans of any grid)' if args.affine == 'off' else ''))
@@ -407,21 +407,22 @@ def _batch_inputs(args):
 def _earlier_outputs(paths):
     """The ``<name>_moved`` / ``<name>_warp`` files among ``paths`` whose ``<name>`` scan is in
     the same folder among ``paths``: what an earlier batch run wrote beside its inputs."""
-    scans = {(os.path.dirname(os.path.abspath(p)), _split_ext(p)[0]) for p in paths if _has_ext(p)}
-    outputs = []
+    named = []
     for p in paths:
-        m = re.fullmatch(r'(.+)_(moved|warp)', _split_ext(p)[0]) if _has_ext(p) else None
-        if m and (os.path.dirname(os.path.abspath(p)), m.group(1)) in scans:
-            outputs.append(p)
-    return outputs
+        try:
+            named.append((p, os.path.dirname(os.path.abspath(p)), _split_ext(p)[0]))
+        except ValueError:  # not a volume name: the batch reports it
+            pass
+    scans = {(folder, stem) for _, folder, stem in named}
+    return [p for p, folder, stem in named
+            if (m := re.fullmatch(r'(.+)_(moved|warp)', stem)) and (folder, m.group(1)) in scans]
 
 
-def _has_ext(path):
-    try:
-        _split_ext(path)
-        return True
-    except ValueError:
-        return False
+def _refuse_2d_world_warps(path, ndim, writes_warp, warp_format):
+    """World-space warp formats are 3-D: refuse them for a 2-D scan before any work."""
+    if ndim == 2 and writes_warp and warp_format in ('itk', 'ras'):
+        fail(f'{path}: a 2-D scan; --warp-format {warp_format} writes 3-D world-space fields '
+             '(use --warp-format voxel)')
 
 
 def _remove_partial_outputs(folder):
@@ -500,9 +501,7 @@ def _batch(args):
     total = len(jobs) + skipped + len(failed)
     t0 = time.perf_counter()
     fixed, fixed_affine = load_volfile(args.fixed, ret_affine=True, check_finite=True)
-    if fixed.ndim == 2 and args.save_warp and args.warp_format in ('itk', 'ras'):
-        fail(f'{args.fixed}: a 2-D scan; --warp-format {args.warp_format} writes 3-D world-space fields '
-             '(use --warp-format voxel)')
+    _refuse_2d_world_warps(args.fixed, fixed.ndim, args.save_warp, args.warp_format)
     reg = _engine(args, args.fixed, fixed)
     fixed_placement = None
 
