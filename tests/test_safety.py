@@ -304,6 +304,13 @@ def test_bad_outputs_and_inputs_are_named_before_any_work(dataset, tmp_path):
     err = user_error(script('register.py', '--moving', moving, *common, '--moved', tmp_path / 'dangling.npz',
                             check=False))
     assert 'dangling.npz: a broken symbolic link' in err
+    if os.path.isdir('/proc'):  # a folder os.access calls writable for root, where no file can be made
+        err = user_error(script('register.py', '--moving', moving, *common, '--moved', '/proc/vxm_out.npz',
+                                check=False))
+        assert err == 'error: /proc/vxm_out.npz: folder /proc is not writable'
+        with pytest.raises(OSError, match=r'^\[Errno \d+\] /proc/vxm_out\.npz: cannot create a file in /proc'):
+            with atomic_path('/proc/vxm_out.npz'):
+                pass
     # a folder as a model
     err = user_error(script('register.py', '--moving', moving, '--fixed', dataset / 'atlas.npz', '--model',
                             tmp_path, '--moved', tmp_path / 'm.npz', check=False))

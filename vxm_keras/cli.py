@@ -320,6 +320,19 @@ def check_outputs(outputs, inputs=(), overwrite=False):
         check_output(out, overwrite)
 
 
+def _can_create_in(folder):
+    """Whether a file can be created in ``folder``: tried, not asked of ``os.access``, which says
+    yes to root for folders no file can be made in (``/proc``, read-only mounts)."""
+    import tempfile
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.vxm-probe-', dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
 def check_output(path, overwrite):
     """Refuse an output path that exists (without ``overwrite``) or whose folder is missing or read-only."""
     if path is None:
@@ -335,7 +348,7 @@ def check_output(path, overwrite):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         fail(f'{path}: folder {folder} does not exist')
-    if not os.access(folder, os.W_OK):
+    if not _can_create_in(folder):
         fail(f'{path}: folder {folder} is not writable')
 
 

@@ -56,7 +56,10 @@ def atomic_path(path, overwrite=True):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f'{path}: folder {folder} does not exist')
-    fd, tmp = tempfile.mkstemp(prefix=f'.tmp{os.getpid()}-', suffix='-' + os.path.basename(path), dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.tmp{os.getpid()}-', suffix='-' + os.path.basename(path), dir=folder)
+    except OSError as err:  # e.g. /proc, a read-only mount: name the user's path, not the temporary one
+        raise type(err)(err.errno, f'{path}: cannot create a file in {folder} ({err.strerror})') from None
     os.close(fd)
     os.unlink(tmp)  # writers (Keras, h5py, nibabel) create the file themselves
     try:
