@@ -12,13 +12,8 @@ import os
 import re
 import sys
 
-from .errors import UserError  # noqa: F401  (re-exported: commands raise it through fail)
+from .errors import UserError, fail  # noqa: F401  (re-exported for the commands)
 from .runs import check_run_dir, held_locks, initial_epoch, lock_run_dir, release_run_dirs, writes_outputs
-
-
-def fail(message):
-    """Stop the command with a user error: ``error: message`` on stderr, exit code 2 (see :func:`execute`)."""
-    raise UserError(message)
 
 
 def execute(command, args):

@@ -8,3 +8,8 @@ with a traceback; every message names the file or the flag and the problem. It s
 
 class UserError(ValueError):
     """An input (file, flag, pair of scans) that cannot be used; the message says which and why."""
+
+
+def fail(message):
+    """Stop with a user error: ``error: message`` on stderr, exit code 2 (``cli.execute``)."""
+    raise UserError(message)

@@ -8,11 +8,7 @@ on the folder for as long as a run writes to it. Problems are :class:`~vxm_keras
 import os
 import re
 
-from .errors import UserError
-
-
-def fail(message):
-    raise UserError(message)
+from .errors import fail
 
 
 # the attribute in which AtomicCheckpoint records the epoch a checkpoint ends
