@@ -360,3 +360,34 @@ def test_training_prints_no_library_noise(dataset, tmp_path):
     proc = script('train.py', '--data-dir', dataset / 'train', '--atlas', dataset / 'atlas.npz', '--model',
                       'vm1', '--epochs', 2, '--steps-per-epoch', 1, '--model-dir', tmp_path / 'r', isolated=True)
     assert proc.stderr.strip() == '', proc.stderr
+
+
+def test_a_scan_without_affine_beside_an_oblique_nifti_says_which_grid_it_assumes(dataset, tmp_path):
+    """An .npz fixed scan has no orientation: the oblique NIfTI moving scan is placed by its
+    affine in the space the npz is taken to be in, and the user is told so; with --affine off the
+    refusal says the affine, not the shape, is off the grid."""
+    import nibabel as nib
+    from conftest import AFFINE
+    from vxm_keras.native import Scan, assumed_grid_note
+    fixed_vol = load_volfile(dataset / 'atlas.npz')
+    save_volfile(tmp_path / 'fixed.npz', fixed_vol)  # no affine
+    turn = np.eye(4)
+    turn[:2, :2] = [[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]
+    nib.save(nib.Nifti1Image(load_volfile(dataset / 'train' / 's0.npz'), turn @ AFFINE), tmp_path / 'oblique.nii.gz')
+    common = ['--moving', tmp_path / 'oblique.nii.gz', '--fixed', tmp_path / 'fixed.npz', '--model', _model(dataset)]
+    proc = script('register.py', *common, '--moved', tmp_path / 'moved.nii.gz')
+    assert 'fixed.npz carries no voxel-to-world affine' in proc.stderr
+    assert 'identity affine' in proc.stderr and 'oblique.nii.gz is placed in that space' in proc.stderr
+    moved = nib.load(tmp_path / 'moved.nii.gz')
+    np.testing.assert_array_equal(moved.affine, np.eye(4))  # the grid the note names
+    assert np.corrcoef(moved.get_fdata().ravel(), fixed_vol.ravel())[0, 1] > 0.9
+    err = user_error(script('register.py', *common, '--affine', 'off', check=False))
+    assert 'its affine' in err and 'not the model grid' in err and 'carries no' not in err
+    # a prepared npz on the 160x192x224 model grid: named as that grid; nothing to say when both lack affines
+    grid = np.diag([2.0, 1.0, 1.0, 1.0])
+    notes = assumed_grid_note([Scan(np.zeros((4, 4, 4)), grid, 'm.nii'), Scan(np.zeros((4, 4, 4)), None, 'f.npz')],
+                              (4, 4, 4), np.eye(4), 'on the model grid')
+    assert notes == ['note: f.npz carries no voxel-to-world affine: it is taken to be on the model grid, and '
+                     'm.nii is placed in that space by its own affine']
+    assert assumed_grid_note([Scan(np.zeros((4, 4, 4)), np.eye(4), 'm.nii'), Scan(np.zeros((4, 4, 4)), None, 'f')],
+                             (4, 4, 4), np.eye(4), 'g') == []

@@ -80,6 +80,28 @@ def on_grid(scan, grid_shape, grid_affine):
     return scan.affine is None or np.allclose(scan.affine, grid_affine, atol=GRID_TOLERANCE)
 
 
+def off_grid_reason(scan, grid_shape, grid_affine):
+    """Why ``scan`` is not on the grid, for messages (``None`` when it is)."""
+    if tuple(scan.vol.shape) != tuple(grid_shape):
+        return f'shape {tuple(scan.vol.shape)} is not the model grid {tuple(grid_shape)}'
+    if not on_grid(scan, grid_shape, grid_affine):
+        return (f'its affine (orientation, voxel size or origin) is not the model grid\'s, although its shape '
+                f'{tuple(grid_shape)} is')
+    return None
+
+
+def assumed_grid_note(scans, grid_shape, grid_affine, grid_name):
+    """Notes for the scans without an affine (``.npz``/``.npy``) paired with a scan whose affine
+    puts it elsewhere: the scan without one is taken to be ``grid_name`` (``grid_affine``), and the
+    other is placed in that space by its affine. Silence would hide that guess."""
+    placed = [scan.name for scan in scans if scan.affine is not None and not on_grid(scan, grid_shape, grid_affine)]
+    if not placed:
+        return []
+    return [f'note: {scan.name} carries no voxel-to-world affine: it is taken to be {grid_name}, and '
+            f'{" and ".join(placed)} is placed in that space by its own affine'
+            for scan in scans if scan.affine is None]
+
+
 def place(scan, grid_shape, grid_affine, world_map=np.eye(4), normalise=True):
     """Resample ``scan`` onto the grid through ``world_map`` (trilinear, zero outside the scan).
 
@@ -415,8 +437,7 @@ def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto',
         moving_p = _as_is(moving, grid_affine)
     elif affine == 'off':
         if not on_grid(moving, shape, grid_affine):
-            raise ValueError(f'{moving.name}: shape {moving.vol.shape} is not the model grid {shape} '
-                             '(--affine off)')
+            raise ValueError(f'{moving.name}: {off_grid_reason(moving, shape, grid_affine)} (--affine off)')
         moving_p = _as_is(moving, grid_affine)
     else:
         # aligned to the fixed scan as placed on the grid: the grid's world is the reference's world,
@@ -437,7 +458,6 @@ def place_fixed(fixed, grid_shape, grid_affine, reference, affine='auto', dof=12
     if on_grid(fixed, grid_shape, grid_affine):
         return _as_is(fixed, grid_affine)
     if affine == 'off':
-        raise ValueError(f'{fixed.name}: shape {fixed.vol.shape} is not the model grid {tuple(grid_shape)} '
-                         '(--affine off)')
+        raise ValueError(f'{fixed.name}: {off_grid_reason(fixed, grid_shape, grid_affine)} (--affine off)')
     return align_to(fixed, reference[0], reference[1], grid_shape, grid_affine, dof=dof,
                     check=check, reference_name='the atlas')

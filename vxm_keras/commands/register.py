@@ -321,7 +321,7 @@ def _single(args, timings):
 def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placement=None, name=None):
     """Register one moving array (with its affine) to the fixed scan through the model grid;
     returns :class:`vxm_keras.native.NativeResult` with ``t_load`` (when the pair was ready)."""
-    from ..native import AlignmentError, Scan, on_grid, register_scans
+    from ..native import AlignmentError, Scan, assumed_grid_note, on_grid, register_scans
     name = name or args.moving
     grid_affine, reference = _grid(reg, args.fixed, fixed.shape)
     moving_scan = Scan(moving, affine, name)
@@ -337,6 +337,11 @@ def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placemen
                             f'this one takes {tuple(reg.inshape)}')
         _check_pair(reg, name, moving, args.fixed, fixed)
         grid_affine = fixed_affine if fixed_affine is not None else np.eye(len(reg.inshape) + 1)
+        grid_name = ("on the fixed scan's grid" if fixed_affine is not None
+                     else 'on a grid of 1 mm voxels along the world axes (identity affine)')
+    else:
+        grid_name = (f'on the model grid ({"x".join(map(str, reg.inshape))} at 1 mm, as python -m '
+                     'vxm_keras.prepare writes scans)')
     needs_reference = fixed_placement is None and not (
         fixed.shape == tuple(reg.inshape) and (fixed_affine is None or on_grid(fixed_scan, reg.inshape, grid_affine)))
     ref = reference() if needs_reference else None
@@ -350,6 +355,10 @@ def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placemen
         raise UserError(f'{err}, or pass --allow-poor-alignment to register it anyway') from None
     except ValueError as err:
         raise UserError(str(err)) from None
+    # after the registration, so that a refused pair ends in its one error line
+    for note in assumed_grid_note((moving_scan, fixed_placement.scan if fixed_placement else fixed_scan),
+                                  reg.inshape, grid_affine, grid_name):
+        print(note, file=sys.stderr)
     result.t_load = t_load
     return result
 
