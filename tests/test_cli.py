@@ -62,13 +62,18 @@ def test_train_one_scan_needs_augmentation(dataset, tmp_path):
     err = user_error(script('train.py', '--data-dir', one, '--atlas', 'none', '--model-dir', tmp_path / 'r0',
                             check=False))
     assert first in err and 'at least 2 scans' in err and '--augment' in err
-    # with augmentation the scan is paired with itself, each side deformed on its own
+    # with augmentation the scan is paired with itself, each side deformed on its own (trained with
+    # the MIND image term: the registry of image losses serves training too)
     run = tmp_path / 'r1'
-    script('train.py', '--data-dir', one, '--atlas', 'none', '--augment', '--image-loss', 'mse',
+    script('train.py', '--data-dir', one, '--atlas', 'none', '--augment', '--image-loss', 'mind',
            '--epochs', 1, '--steps-per-epoch', 2, '--model-dir', run, '--seed', 1)
     rows = list(csv.DictReader(open(run / 'training_log.csv')))
     # identical copies would leave nothing to register: a positive image loss shows they differ
     assert float(rows[0]['loss']) > 1e-4 and np.isfinite(float(rows[0]['loss']))
+    import keras
+    import vxm_keras  # noqa: F401  (registers the losses)
+    model = keras.models.load_model(run / '0001.h5')
+    assert type(model.loss[0]).__name__ == 'MIND' and model._compile_config.config['loss_weights'] == [10.0, 1.0]
 
 
 def test_register_writes_outputs_keeping_affine(dataset, tmp_path):

@@ -202,6 +202,11 @@ def test_register_a_raw_scan_to_the_atlas(tmp_path):
     # grid, 0.50 before registration
     assert corr(moved.get_fdata()) > corr(on_grid) - 0.02
     assert corr(moved.get_fdata()) > corr(load_volfile(example)) + 0.1
+    # the library call does what the command does: the nibabel image in, the atlas and model by default
+    import vxm_keras
+    result = vxm_keras.register(nib.load(tmp_path / 'raw.nii.gz'), optimize=0)
+    np.testing.assert_allclose(result.moved, moved.get_fdata(), atol=1e-5)
+    assert result.warp.shape == (*atlas.shape, 3) and result.moving.alignment is not None and not result.notes
     warp = nib.load(tmp_path / 'warp.nii.gz')
     assert warp.shape == (*atlas.shape, 1, 3) and warp.header.get_intent()[0] == 'vector'
     world_affine = native.load_itk_affine(tmp_path / 'affine.txt')
@@ -306,3 +311,29 @@ def test_test_py_takes_freesurfer_folders_as_they_are(tmp_path):
     # the affine rows are the Dice of the two prepared label maps; models/README: 0.648, network 0.725
     assert np.mean(by[('sub-07->sub-08', 'affine')]) == pytest.approx(0.648, abs=0.005)
     assert np.mean(by[('sub-07->sub-08', 'model')]) > 0.7
+
+
+def test_registrar_registers_many_scans_as_the_engine_does(dataset):
+    """Scans on the model's grid through the pipeline: the engine's own result with the settings'
+    defaults, the fixed scan placed once, the refinement changed per call."""
+    import vxm_keras
+    from vxm_keras.io import load_volfile
+    from vxm_keras.settings import DEFAULT
+    registrar = vxm_keras.Registrar(str(dataset / 'run' / '0002.h5'), str(dataset / 'atlas.npz'))
+    atlas = load_volfile(dataset / 'atlas.npz')
+    first = registrar.register(str(dataset / 'train' / 's0.npz'))
+    placed = registrar.fixed_placement
+    second = registrar.register((load_volfile(dataset / 'train' / 's1.npz'), None), optimize=0)
+    assert registrar.fixed_placement is placed and first.forward.identity and not first.notes
+    engine = registrar.engine
+    expected = engine.register(load_volfile(dataset / 'train' / 's0.npz'), atlas, **DEFAULT.as_kwargs())
+    np.testing.assert_allclose(first.moved, expected.moved, atol=1e-5)
+    np.testing.assert_allclose(first.warp, expected.warp, atol=1e-4)
+    assert len(first.grid.losses) == DEFAULT.coarse + DEFAULT.optimize + DEFAULT.fine
+    network = engine.register(load_volfile(dataset / 'train' / 's1.npz'), atlas)
+    np.testing.assert_allclose(second.warp, network.warp, atol=1e-5)
+    assert second.grid.losses == []
+    with pytest.raises(ValueError, match='differs from the fixed scan'):
+        registrar.register(np.zeros((32, 32, 30), np.float32))
+    with pytest.raises(ValueError, match='image_loss must be one of'):
+        registrar.register(atlas, image_loss='nmi')

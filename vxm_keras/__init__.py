@@ -21,9 +21,10 @@ prefer_onednn()
 __version__ = '0.1.0'
 
 _LAZY = {'load_model': 'modelio', 'save_model': 'modelio', 'vm1': 'networks', 'vm2': 'networks',
-         'vm2diff': 'networks', 'vxm_net': 'networks', 'register': 'registration',
+         'vm2diff': 'networks', 'vxm_net': 'networks', 'register': 'pipeline', 'Registrar': 'pipeline',
          'Registration': 'registration'}
-_SUBMODULES = ('layers', 'losses', 'networks', 'modelio', 'unet', 'affine', 'native', 'registration')
+_SUBMODULES = ('layers', 'losses', 'networks', 'modelio', 'unet', 'affine', 'native', 'registration', 'pipeline',
+               'settings', 'grid')
 
 # commands that load TensorFlow only when they need it (prepare never, the benchmark in its workers)
 _ARGV = getattr(sys, 'orig_argv', [])
@@ -35,7 +36,8 @@ if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1' and not _TF_FREE:
     from . import layers, losses, networks  # noqa: F401  (registers Keras objects)
     from .modelio import load_model, save_model  # noqa: F401
     from .networks import vm1, vm2, vm2diff, vxm_net  # noqa: F401
-    from .registration import Registration, register  # noqa: F401
+    from .pipeline import Registrar, register  # noqa: F401
+    from .registration import Registration  # noqa: F401
 
 
 def __getattr__(name):

@@ -116,35 +116,34 @@ def schedule_options():
     return p
 
 
-def registration_options(default_optimize):
+def registration_options(default_optimize=None):
     """How a pair is registered: ``--model``-independent refinement options shared by register.py
-    and test.py: ``--optimize``, ``--optimize-lambda``, ``--optimize-coarse``, ``--optimize-fine``,
-    ``--cascade``; :func:`check_registration`."""
+    and test.py: ``--optimize`` (default ``default_optimize``, else
+    :data:`vxm_keras.settings.DEFAULT`'s), ``--optimize-lambda``, ``--optimize-coarse``,
+    ``--optimize-fine``, ``--cascade``, ``--cross-contrast``; :func:`check_registration`. Defaults
+    and help texts come from :mod:`vxm_keras.settings`."""
+    from .settings import DEFAULT, help_text
+    defaults = DEFAULT.replace(optimize=default_optimize)
     p = _parent()
-    p.add_argument('--optimize', type=int, default=default_optimize, metavar='N',
-                   help='refine the predicted field on the pair with N Adam steps of the training loss '
-                        '(instance-specific optimisation, TMI 2019) at half resolution; 0 for the network '
-                        'alone (default %(default)s). Dice and seconds against N: models/README.md')
+    p.add_argument('--optimize', type=int, default=defaults.optimize, metavar='N',
+                   help=help_text('optimize', defaults))
     p.add_argument('--optimize-lambda', dest='optimize_lambda', type=finite_float, default=None,
-                   help='smoothness weight of that refinement (default 2: folding stays below 0.5 %%)')
+                   help=help_text('lam', defaults))
     p.add_argument('--optimize-coarse', dest='optimize_coarse', type=int, default=None, metavar='N',
-                   help='before those steps, N steps on the pair at a quarter of its resolution (a coarse '
-                        'increment of the field, for large deformations; each about a quarter of the cost of a step)')
+                   help=help_text('coarse', defaults))
     p.add_argument('--optimize-fine', dest='optimize_fine', type=int, default=None, metavar='N',
-                   help='after them, N steps on the full-resolution pair (smoothness 4; each about 8 times '
-                        'the cost of a half-resolution step; default 5)')
-    p.add_argument('--cascade', type=int, default=1, metavar='K',
-                   help='apply the network K times, each on the previous result, composing the fields')
+                   help=help_text('fine', defaults))
+    p.add_argument('--cascade', type=int, default=defaults.cascade, metavar='K', help=help_text('cascade', defaults))
     p.add_argument('--cross-contrast', dest='cross_contrast', action='store_true',
-                   help='the moving scan\'s contrast differs from the fixed scan\'s (T2, FLAIR or PD to a T1): '
-                        'the refinement compares MIND-SSC descriptors instead of intensities and starts from the '
-                        'affine alignment rather than the network, which saw T1 pairs only (models/README.md)')
+                   help=help_text('cross_contrast', defaults))
     return p
 
 
 def check_registration(args):
     """Check the options of :func:`registration_options`; returns the keyword arguments of
-    :meth:`vxm_keras.registration.Registration.register` they stand for."""
+    :meth:`vxm_keras.registration.Registration.register` the user set (the rest keep the
+    defaults of :mod:`vxm_keras.settings`)."""
+    from .settings import CROSS_CONTRAST, DEFAULT
     if args.optimize < 0 or args.cascade < 1:
         fail(f'--optimize must be >= 0 and --cascade >= 1, got {args.optimize} and {args.cascade}')
     if args.optimize_lambda is not None and not args.optimize_lambda >= 0:
@@ -153,16 +152,15 @@ def check_registration(args):
         if value is not None and value < 0:
             fail(f'{flag} must be >= 0, got {value}')
     options = dict(optimize=args.optimize, cascade=args.cascade)
-    if args.optimize_lambda is not None:
-        options['lam'] = args.optimize_lambda
-    if args.optimize_coarse is not None:
-        options['coarse'] = args.optimize_coarse
-    if args.optimize_fine is not None:
-        options['fine'] = args.optimize_fine
+    for key, value in (('lam', args.optimize_lambda), ('coarse', args.optimize_coarse),
+                       ('fine', args.optimize_fine)):
+        if value is not None:
+            options[key] = value
     if getattr(args, 'cross_contrast', False):
         if args.optimize < 1 or args.cascade != 1:
             fail('--cross-contrast refines from the affine alignment: it needs --optimize > 0 and --cascade 1')
-        options.update(image_loss='mind', network=False)
+        options.update(image_loss=CROSS_CONTRAST.image_loss, network=CROSS_CONTRAST.network)
+    DEFAULT.replace(**options)  # the settings' own checks; the flags' above give the user's words
     return options
 
 

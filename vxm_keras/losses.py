@@ -468,3 +468,8 @@ class KL(keras.losses.Loss):
         config = super().get_config()
         config.update(prior_lambda=self.prior_lambda)
         return config
+
+
+# The image terms by name, for training, the refinement and the command line: adding one is a class
+# here, an entry here and its weights in vxm_keras.settings (IMAGE_LOSS_WEIGHTS, TRAINING_LAMBDA)
+IMAGE_LOSSES = {'ncc': NCC, 'mse': MSE, 'mind': MIND}

@@ -1,6 +1,6 @@
 """Scans in their own space: onto the model's grid, and results back to the scans' grids.
 
-The networks register scans on one grid (:data:`vxm_keras.prepare.TARGET_SHAPE`
+The networks register scans on one grid (:data:`vxm_keras.grid.TARGET_SHAPE`
 in MNI305 at 1 mm, the *model grid*). A scan straight from a scanner or BIDS
 has any orientation, voxel size and field of view. Each scan is therefore
 *placed* on the model grid by a world map ``W`` (4x4, mm): the model grid's
@@ -399,13 +399,19 @@ class NativeResult:
     scan's grid (its own intensities); ``fixed`` and ``moving`` their placements (:class:`Placement`);
     ``grid`` the :class:`~vxm_keras.registration.Result` on the model grid; ``forward`` the
     :class:`Chain` fixed voxels -> moving voxels, ``inverse`` moving -> fixed (diffeomorphic
-    models, when asked for)."""
+    models, when asked for); ``notes`` what was assumed or looks wrong, one line each, for the user."""
     moved: np.ndarray
     fixed: Placement
     moving: Placement
     grid: object
     forward: Chain
     inverse: Chain = None
+    notes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def warp(self):
+        """``(*grid_shape, ndim)`` the displacement on the model grid (voxel units, ``ij``)."""
+        return self.grid.warp
 
 
 def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto', dof=12, inverse=False,

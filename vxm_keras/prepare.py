@@ -28,13 +28,9 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import UserError
+from .grid import TARGET_AFFINE, TARGET_SHAPE  # noqa: F401  (re-exported: scripts import them from here)
 from .io import VolumeError, load_volfile, save_volfile
 
-TARGET_SHAPE = (160, 192, 224)
-TARGET_AFFINE = np.array([[-1.0, 0.0, 0.0, 80.0],
-                          [0.0, 0.0, 1.0, -129.0],
-                          [0.0, -1.0, 0.0, 102.0],
-                          [0.0, 0.0, 0.0, 1.0]])
 # intensities are divided by this percentile of the non-zero voxels, then clipped
 NORM_PERCENTILE = 99.5
 

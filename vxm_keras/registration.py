@@ -6,7 +6,8 @@
     result.moved, result.warp                              # (*spatial), (*spatial, ndim)
     moved_seg = reg.warp_labels(moving_seg, result.warp)
 
-or in one call, as ANTsPy users expect: ``vxm_keras.register(moving, fixed, model=...)``.
+Scans of any grid, from files, in one call as register.py does: :func:`vxm_keras.register`
+(:mod:`vxm_keras.pipeline`).
 
 One network pass gives the moved image, the displacement and (diffeomorphic
 models) its inverse. Two ways to go past the plain prediction:
@@ -34,44 +35,20 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from . import losses, spatial
+from . import losses, settings, spatial
 from .io import ModelFileError
 from .modelio import load_model
 from .networks import RegistrationModel
 from .optim import adam_update
 
-# Defaults of the instance-specific optimisation, chosen on pairs of training subjects
-# (sub-01..06), never on the validation pairs (models/README.md): the Adam step (voxels of
-# the field's grid) and the smoothness weight of the half-resolution steps. Smoothness (25
-# coarse + 25 steps; pairs of sub-01, 03, 05 / contrast-inverted / known deformations): 4 ->
-# Dice 0.792 / 0.766 / 0.840, folding 0.09 / 0.04 / 0.002 %; 2 -> 0.795 / 0.763 / 0.852, 0.27 /
-# 0.25 / 0.01 %; 1 -> 0.794 / 0.752 / 0.855, 0.52 / 0.80 / 0.03 %. A smaller weight in the
-# coarse stage alone (1, then 4) gave 0.841 on the known deformations.
-DEFAULT_LR = 0.1
-OPT_LAMBDA = 2.0
-# Steps on the pair at a quarter of its resolution before those: a coarse increment of the field
-# that follows large deformations cheaply (25 of them add about 1 s at 160x192x224 on 2 cores). Chosen
-# on training subjects (pairs of sub-01, 03, 05, contrast-inverted and synthetically warped
-# copies; 25 half-resolution steps after): 0 / 25 / 50 gave Dice 0.789 / 0.792 / 0.793 on the
-# pairs, 0.725 / 0.766 / 0.765 inverted, 0.818 / 0.840 / 0.840 on the known deformations.
-COARSE_STEPS = 25
-# Steps on the full-resolution pair after the half-resolution ones, with their own Adam state and
-# a stiffer smoothness (the 9^3 NCC window sees finer structure there, and folds sooner). Each
-# costs about 8 half-resolution steps (1.03 s against 0.128 s), and buys more Dice a second on
-# the same training-subject sets (25 coarse steps first): 25 half-resolution steps -> 0.795 /
-# 0.763 / 0.852, folding 0.27 %; 50 -> 0.796 / 0.767 / 0.857; 20 + 5 full-resolution at smoothness
-# 4 -> 0.798 / 0.766 / 0.872, folding 0.20 %; 15 + 10 at 2 (one Adam throughout) -> 0.801 / 0.771 /
-# 0.885 but 0.50 % folding. Around the default: 20 + 6 -> 0.798 / 0.767 / 0.875; 26 + 5 -> 0.798 /
-# 0.769 / 0.875; step 0.05 in the full-resolution stage -> 0.798 / 0.766 / 0.868: gains of 0.003
-# at most, for 0.8-1 s more a pair (the time budget: a fifth of ANTs SyN's).
-FINE_STEPS = 5
-FINE_LAMBDA = 4.0
-# The optimisation's image terms by name, and the weight of each against the smoothness weights
-# above (set for NCC): 'mind' compares MIND-SSC descriptors, for a moving scan whose contrast
-# differs from the fixed one's (T2, FLAIR, PD to a T1). Its weight, 10, is the one value measured
-# so far (MNI152 T2 -> T1 with known deformations, models/README.md); not tuned.
-IMAGE_LOSSES = {'ncc': losses.NCC, 'mse': losses.MSE, 'mind': losses.MIND}
-IMAGE_LOSS_WEIGHTS = {'ncc': 1.0, 'mse': 1.0, 'mind': 10.0}
+# the refinement's defaults, owned by vxm_keras.settings (the measurements behind them: models/README.md)
+DEFAULT_LR = settings.DEFAULT.lr
+OPT_LAMBDA = settings.DEFAULT.lam
+COARSE_STEPS = settings.DEFAULT.coarse
+FINE_STEPS = settings.DEFAULT.fine
+FINE_LAMBDA = settings.DEFAULT.fine_lam
+IMAGE_LOSS_WEIGHTS = settings.IMAGE_LOSS_WEIGHTS
+IMAGE_LOSSES = losses.IMAGE_LOSSES
 
 
 @dataclasses.dataclass
@@ -125,6 +102,8 @@ class Registration:
             raise ModelFileError(f'{what}not a vxm_keras registration model ({type(model).__name__}); '
                                  'expected one made by train.py (vm1, vm2, vm2diff)')
         self.model = model
+        # for messages: the file the model came from, else its Keras name
+        self.name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else model.name
         self.inshape = tuple(model.inshape)
         self.indexing = model.indexing
         self._field_net = model.field_model()
@@ -180,15 +159,9 @@ class Registration:
         if inverse and not self.model.diffeomorphic:
             raise ValueError(f'{self.model.name}: this model has no inverse; a diffeomorphic model '
                              '(train.py --model vm2diff) does')
-        if int(cascade) < 1 or int(optimize) < 0:
-            raise ValueError(f'cascade must be >= 1 and optimize >= 0, got {cascade} and {optimize}')
-        if not network and (int(optimize) < 1 or int(cascade) != 1):
-            raise ValueError('starting without the network needs optimize > 0 and cascade 1, '
-                             f'got {optimize} and {cascade}')
-        if image_loss not in IMAGE_LOSSES:
-            raise ValueError(f'image_loss must be one of {", ".join(IMAGE_LOSSES)}, got {image_loss!r}')
-        if any(n is not None and int(n) < 0 for n in (coarse, fine)):
-            raise ValueError(f'coarse and fine steps must be >= 0, got {coarse} and {fine}')
+        # the settings' checks (ValueError naming the bad value)
+        settings.DEFAULT.replace(optimize=optimize, coarse=coarse, fine=fine, lam=lam, fine_lam=fine_lam, lr=lr,
+                                 image_loss=image_loss, cascade=cascade, network=network)
         self.check(moving, 'moving')
         self.check(fixed, 'fixed')
         t0 = time.perf_counter()
@@ -390,12 +363,3 @@ class Registration:
         out = self._warp_linear(np.asarray(vol, np.float32)[None, ..., None], np.asarray(warp, np.float32)[None])
         return out.numpy()[0, ..., 0]
 
-
-def register(moving, fixed, model=None, **kwargs):
-    """Register ``moving`` to ``fixed`` with ``model`` (a path or a loaded model; by default the
-    shipped ``models/vm2_atlas.h5``) in one call; keyword arguments as in
-    :meth:`Registration.register`. Returns a :class:`Result`. For many pairs, make one
-    :class:`Registration` and call its ``register``."""
-    if model is None:
-        from .shipped import DEFAULT_MODEL as model
-    return Registration(model).register(moving, fixed, **kwargs)

@@ -46,16 +46,12 @@ from ..shipped import DEFAULT_ATLAS as DEFAULT_FIXED, DEFAULT_MODEL
 
 
 FIGURE_EXTENSIONS = ('.png', '.pdf', '.svg', '.jpg', '.jpeg')
-# half-resolution refinement steps by default (after 25 at a quarter of the resolution, before 5 at
-# full resolution): on brains the models never saw, the scan-to-scan VM-2 goes from 0.725 to 0.789
-# Dice, past ANTs SyN (0.759 in the same run), in 8.8 s against SyN's 54.8 s (models/README.md)
-DEFAULT_OPTIMIZE = 20
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog='register.py', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[registration_options(DEFAULT_OPTIMIZE), overwrite_option(), device_options()])
+                                parents=[registration_options(), overwrite_option(), device_options()])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--moving', help='moving scan (.npz/.npy/.nii/.nii.gz/.mgz), or a folder of scans')
     src.add_argument('--moving-list', dest='moving_list',
@@ -133,55 +129,29 @@ def _load_seg(path):
     return seg
 
 
-def _engine(args, fixed_path, fixed):
-    """The registration engine for ``--model``, checked against the fixed scan."""
+def _registrar(args, fixed, fixed_affine):
+    """The model and the fixed scan, ready for moving scans (:class:`vxm_keras.pipeline.Registrar`),
+    checked against the command's options."""
     from ..cli import start_tensorflow
     start_tensorflow()
+    from ..native import Scan
+    from ..pipeline import Registrar
     from ..registration import Registration
-    reg = Registration(args.model, xla=args.xla)
-    try:
-        if args.affine == 'off' or fixed.ndim != 3:  # otherwise scans off the grid are aligned to it
-            reg.check(fixed, fixed_path)
-    except ValueError as err:
-        raise UserError(f'{err} (the model {args.model} was trained on that grid)') from None
-    if getattr(args, 'uncertainty', None) and not hasattr(reg.model, 'variance_model'):
+    engine = Registration(args.model, xla=args.xla)
+    if getattr(args, 'uncertainty', None) and not hasattr(engine.model, 'variance_model'):
         raise UserError(f'{args.model}: this model predicts no variance; --uncertainty needs a probabilistic model '
                         '(train.py --model vm2diff, shipped as models/vm2diff.h5)')
-    if args.inverse_warp and not reg.model.diffeomorphic:
+    if args.inverse_warp and not engine.model.diffeomorphic:
         raise UserError(f'{args.model}: this model has no inverse; a diffeomorphic model '
                         '(train.py --model vm2diff) does')
-    return reg
-
-
-def _check_pair(reg, path, vol, fixed_path, fixed):
-    if vol.ndim == fixed.ndim and vol.shape != fixed.shape:
-        raise UserError(f'{path}: shape {vol.shape} differs from the fixed scan {fixed_path} {fixed.shape}')
     try:
-        reg.check(vol, path)
+        return Registrar(engine, Scan(fixed, fixed_affine, args.fixed), affine=args.affine, dof=args.affine_dof,
+                         check=not args.allow_poor_alignment)
     except ValueError as err:
-        raise UserError(str(err)) from None
-
-
-def _warn_range(name, vol):
-    if vol.max() > 1.5 or vol.min() < -0.5:
-        print(f'warning: {name} has intensities in [{vol.min():.3g}, {vol.max():.3g}]; '
-              'models expect [0, 1] (python -m vxm_keras.prepare)', file=sys.stderr)
-
-
-def _grid(reg, fixed_path, fixed_shape):
-    """The model grid's affine and a way to read the reference that fixed scans off the grid
-    are aligned to (the default atlas)."""
-    from ..io import load_volfile
-    from ..prepare import TARGET_AFFINE, TARGET_SHAPE
-    if tuple(reg.inshape) == TARGET_SHAPE:
-        return TARGET_AFFINE, lambda: load_volfile(DEFAULT_FIXED, ret_affine=True)
-    if tuple(fixed_shape) == tuple(reg.inshape):
-        return None, None
-
-    def unknown():
-        raise UserError(f'{fixed_path}: shape {tuple(fixed_shape)}, but the model takes {tuple(reg.inshape)}, a '
-                        'grid vxm-keras cannot align scans to; give scans on that grid (--affine off)')
-    return None, unknown
+        text = str(err)
+        hint = (' (--affine off)' if 'cannot align' in text
+                else f' (the model {args.model} was trained on that grid)' if 'the model' in text else '')
+        raise UserError(text + hint) from None
 
 
 def _check_warp_format(args):
@@ -259,8 +229,9 @@ def _single(args, timings):
             fixed_seg = load_volfile(args.fixed, key='seg')
         except ValueError:
             fixed_seg = None
-    reg = _engine(args, args.fixed, fixed)
-    result = _register_one(args, reg, moving, affine, fixed, fixed_affine)
+    registrar = _registrar(args, fixed, fixed_affine)
+    reg = registrar.engine
+    result = _register_one(args, registrar, moving, affine, args.moving)
     t_load = result.t_load - t0
     t_pred = time.perf_counter() - result.t_load
 
@@ -318,46 +289,19 @@ def _single(args, timings):
     return 0
 
 
-def _register_one(args, reg, moving, affine, fixed, fixed_affine, fixed_placement=None, name=None):
-    """Register one moving array (with its affine) to the fixed scan through the model grid;
-    returns :class:`vxm_keras.native.NativeResult` with ``t_load`` (when the pair was ready)."""
-    from ..native import AlignmentError, Scan, assumed_grid_note, on_grid, register_scans
-    name = name or args.moving
-    grid_affine, reference = _grid(reg, args.fixed, fixed.shape)
-    moving_scan = Scan(moving, affine, name)
-    fixed_scan = Scan(fixed, fixed_affine, args.fixed)
-    grid_check = grid_affine if grid_affine is not None else fixed_affine
-    for scan in (moving_scan, fixed_scan) if fixed_placement is None else (moving_scan,):
-        if scan.vol.shape == tuple(reg.inshape) and (scan.affine is None or grid_check is None
-                                                      or on_grid(scan, reg.inshape, grid_check)):
-            _warn_range(scan.name, scan.vol)
-    if grid_affine is None:
-        if args.affine == 'on':
-            raise UserError(f'{args.model}: --affine on needs a model on the vxm-keras grid (160x192x224); '
-                            f'this one takes {tuple(reg.inshape)}')
-        _check_pair(reg, name, moving, args.fixed, fixed)
-        grid_affine = fixed_affine if fixed_affine is not None else np.eye(len(reg.inshape) + 1)
-        grid_name = ("on the fixed scan's grid" if fixed_affine is not None
-                     else 'on a grid of 1 mm voxels along the world axes (identity affine)')
-    else:
-        grid_name = (f'on the model grid ({"x".join(map(str, reg.inshape))} at 1 mm, as python -m '
-                     'vxm_keras.prepare writes scans)')
-    needs_reference = fixed_placement is None and not (
-        fixed.shape == tuple(reg.inshape) and (fixed_affine is None or on_grid(fixed_scan, reg.inshape, grid_affine)))
-    ref = reference() if needs_reference else None
+def _register_one(args, registrar, moving, affine, name):
+    """Register one moving array (with its affine) to the fixed scan; prints the result's notes.
+    Returns :class:`vxm_keras.native.NativeResult` with ``t_load`` (when the pair was ready)."""
+    from ..native import AlignmentError, Scan
     t_load = time.perf_counter()
     try:
-        result = register_scans(reg, moving_scan, fixed_placement or fixed_scan, ref, grid_affine,
-                                affine=args.affine, dof=args.affine_dof, inverse=bool(args.inverse_warp),
-                                check=not args.allow_poor_alignment,
-                                **check_registration(args))
+        result = registrar.register(Scan(moving, affine, name), inverse=bool(args.inverse_warp),
+                                    **check_registration(args))
     except AlignmentError as err:
         raise UserError(f'{err}, or pass --allow-poor-alignment to register it anyway') from None
     except ValueError as err:
         raise UserError(str(err)) from None
-    # after the registration, so that a refused pair ends in its one error line
-    for note in assumed_grid_note((moving_scan, fixed_placement.scan if fixed_placement else fixed_scan),
-                                  reg.inshape, grid_affine, grid_name):
+    for note in result.notes:
         print(note, file=sys.stderr)
     result.t_load = t_load
     return result
@@ -511,8 +455,7 @@ def _batch(args):
     t0 = time.perf_counter()
     fixed, fixed_affine = load_volfile(args.fixed, ret_affine=True, check_finite=True)
     _refuse_2d_world_warps(args.fixed, fixed.ndim, args.save_warp, args.warp_format)
-    reg = _engine(args, args.fixed, fixed)
-    fixed_placement = None
+    registrar = _registrar(args, fixed, fixed_affine)
 
     def read(path):
         vol, affine = load_volfile(path, ret_affine=True, check_finite=True)
@@ -537,8 +480,7 @@ def _batch(args):
                 pending_reads.append(reader.submit(read, jobs[n + 2][0]))
             try:
                 vol, affine = pending_reads[n].result()
-                result = _register_one(args, reg, vol, affine, fixed, fixed_affine, fixed_placement, name=path)
-                fixed_placement = result.fixed  # the fixed scan is aligned once
+                result = _register_one(args, registrar, vol, affine, path)
                 pending_writes.append((path, writer.submit(write, outs, result, affine)))
             except (ValueError, OSError) as err:  # UserError included: one bad scan does not stop the batch
                 failed.append(path)

@@ -15,8 +15,8 @@ import tempfile
 
 from ..cli import (check_schedule, device_options, execute, fail, finite_float, nonnegative_int, positive_int,
                   schedule_options, setup_device, start_training_tensorflow, training_data_options)
-
 from ..runs import writes_outputs
+from ..settings import IMAGE_LOSS_WEIGHTS, TRAINING_LAMBDA
 from ..shipped import DEFAULT_ATLAS
 
 
@@ -28,9 +28,12 @@ def build_parser():
                    help="fixed image for scan-to-atlas training (default data/atlas.npz); 'none' for scan-to-scan")
     p.add_argument('--model', default='vm2', choices=['vm1', 'vm2', 'vm2diff'],
                    help='vm1, vm2 (CVPR 2018 / TMI 2019), or vm2diff (probabilistic diffeomorphic, MICCAI 2018)')
-    p.add_argument('--image-loss', '--image_loss', dest='image_loss', default='ncc', choices=['ncc', 'mse'])
+    p.add_argument('--image-loss', '--image_loss', dest='image_loss', default='ncc', choices=list(IMAGE_LOSS_WEIGHTS),
+                   help='image term: ncc (9^3 local), mse, or mind (MIND-SSC descriptors, for pairs of different '
+                        'contrasts; weight ' + ', '.join(f'{k} {w:g}' for k, w in IMAGE_LOSS_WEIGHTS.items()) + ')')
     p.add_argument('--lambda', '--reg_param', dest='lam', type=finite_float, default=None,
-                   help='smoothness weight (default 1.0 for ncc, 0.01 for mse)')
+                   help='smoothness weight (default ' + ', '.join(f'{v:g} for {k}' for k, v in TRAINING_LAMBDA.items())
+                        + ')')
     p.add_argument('--init-weights', dest='init_weights', default=None,
                    help='start a new model from the weights of this trained model, layer by layer where '
                         'names and shapes match (e.g. a VM-2 .h5 for a vm2diff run); the rest starts fresh')
@@ -100,8 +103,8 @@ def _losses(args, model, lam):
         if model.bidir:  # the symmetric term: each direction gets half the image weight
             return [image, losses.MSE(image_sigma=args.image_sigma), kl], [0.5, 0.5, 1.0]
         return [image, kl], [1.0, 1.0]
-    image = losses.NCC() if args.image_loss == 'ncc' else losses.MSE()
-    return [image, losses.Grad('l2')], [1.0, lam]
+    return ([losses.IMAGE_LOSSES[args.image_loss](), losses.Grad('l2')],
+            [IMAGE_LOSS_WEIGHTS[args.image_loss], lam])
 
 
 def _targets_for(model, seg_factor=1):
@@ -194,7 +197,7 @@ def main(argv=None):
 def run(args):
     """Train as the command line says (``args`` from :func:`build_parser`); returns the exit code."""
     n_gpus = setup_device(args.gpu, args.verbose)
-    lam = args.lam if args.lam is not None else (1.0 if args.image_loss == 'ncc' else 0.01)
+    lam = args.lam if args.lam is not None else TRAINING_LAMBDA[args.image_loss]
     initial_epoch = check_schedule(args)
     if not 0 <= args.synth_mix < 1:
         fail(f'--synth-mix must be a fraction in [0, 1), got {args.synth_mix}')
