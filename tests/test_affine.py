@@ -66,6 +66,57 @@ def test_recovers_a_known_affine_across_grids(brain):
     assert -result.loss > 0.98
 
 
+def _numpy_mutual_information(a, b, bins):
+    """Parzen-window mutual information by explicit sums over pairs and bins."""
+    centres = (np.arange(bins) + 0.5) / bins
+
+    def windows(x):
+        w = np.exp(-0.5 * ((np.clip(x, 0, 1)[:, None] - centres[None]) * bins) ** 2)
+        return w / w.sum(axis=1, keepdims=True)
+    wa, wb = windows(np.asarray(a, np.float64)), windows(np.asarray(b, np.float64))
+    joint = np.zeros((bins, bins))
+    for i in range(len(a)):
+        joint += np.outer(wa[i], wb[i])
+    joint /= joint.sum()
+    pa, pb = joint.sum(1), joint.sum(0)
+    return sum(joint[j, k] * np.log(joint[j, k] / (pa[j] * pb[k]))
+               for j in range(bins) for k in range(bins) if joint[j, k] > 0)
+
+
+def test_mutual_information_matches_numpy_values_and_gradient(rng):
+    import tensorflow as tf
+    a = rng.random(300)
+    b = np.clip(np.abs(a - 0.5) * 1.8 + 0.05 * rng.standard_normal(300), 0, 1)  # not monotone in a
+    for bins in (8, 32):
+        np.testing.assert_allclose(float(affine.mutual_information(a, b, bins)),
+                                   _numpy_mutual_information(a, b, bins), rtol=1e-4, atol=1e-5)
+    # related intensities share far more information than independent ones
+    assert float(affine.mutual_information(a, b)) > 5 * float(affine.mutual_information(a, rng.random(300)))
+    bt = tf.Variable(b.astype(np.float32))
+    with tf.GradientTape() as tape:
+        value = affine.mutual_information(a, bt, 16)
+    grad = tape.gradient(value, bt).numpy()
+    for i in (0, 7, 151):
+        step = np.zeros_like(b)
+        step[i] = 1e-3
+        numeric = (_numpy_mutual_information(a, b + step, 16) - _numpy_mutual_information(a, b - step, 16)) / 2e-3
+        np.testing.assert_allclose(grad[i], numeric, rtol=2e-2, atol=1e-5)
+
+
+def test_mutual_information_aligns_scans_of_different_contrast(brain):
+    """The atlas against a copy with a contrast no linear map reaches (grey matter dark, CSF and white
+    matter bright, as in a T2), seen through a known affine: MI finds it as NCC does for one contrast."""
+    fixed, fixed_affine, mask = brain
+    true_map = np.eye(4)
+    true_map[:3, :3] = _rotation(-5, 3, 6) @ np.diag([1.04, 0.97, 1.0])
+    true_map[:3, 3] = [-6.0, 7.0, 4.0]
+    moving, moving_affine = _moving_from(fixed, fixed_affine, true_map)
+    other_contrast = np.where(moving > 0.05, np.abs(moving - 0.55) * 1.6 + 0.1, 0).astype(np.float32)
+    result = affine.align(other_contrast, moving_affine, fixed, fixed_affine, dof=12, loss='mi')
+    # measured: MI 0.22 mm at most over the brain; NCC on the same pair 3.19 mm
+    assert _max_error_mm(result.matrix, true_map, fixed_affine, mask) < 1.0
+
+
 def test_rigid_alignment_stays_rigid_and_finds_the_rotation(brain):
     fixed, fixed_affine, mask = brain
     true_map = np.eye(4)
