@@ -261,6 +261,29 @@ def test_a_head_with_its_skull_is_refused(tmp_path):
     assert not os.path.exists(tmp_path / 'moved.nii.gz')
 
 
+def test_a_t2_scan_off_the_grid_is_aligned_to_a_t1_by_mutual_information():
+    """The MNI152 T2 and T1 share one grid, so the right alignment of the T2 to the T1 is the
+    identity; with the cross-contrast settings the pipeline aligns by mutual information and lands
+    there (measured 0.24 mm mean, 0.42 mm max; NCC, the same-contrast default, is 4.0 mm off on
+    average and 8.0 mm at worst on this pair)."""
+    import vxm_keras
+    from vxm_keras.settings import CROSS_CONTRAST
+    folder = os.path.join(SHARED_DATA, 'multicontrast')
+    t1, t2 = (os.path.join(folder, f'MNI152_{c}_1mm_brain.nii.gz') for c in ('T1', 'T2'))
+    if not os.path.isfile(t2):
+        pytest.skip(f'{t2} not found (the shared multicontrast scans)')
+    result = vxm_keras.register(t2, t1, os.path.join(REPO, 'models', 'vm2_scan2scan.h5'), settings=CROSS_CONTRAST,
+                                optimize=1, coarse=0, fine=0)
+    image = nib.load(t1)
+    brain = np.argwhere(np.asarray(image.dataobj) > 0)[::50]
+    world = np.c_[brain, np.ones(len(brain))] @ image.affine.T
+    # model-grid world -> each scan's world: the T2's map after the T1's inverse should be the identity
+    moved = world @ (result.moving.world_map @ np.linalg.inv(result.fixed.world_map)).T
+    error = np.linalg.norm((moved - world)[:, :3], axis=1)
+    assert error.mean() < 1.0 and error.max() < 2.0, (error.mean(), error.max())
+    assert result.moved.shape == image.shape
+
+
 def test_inverse_chain_undoes_the_forward_chain(chain):
     """The chain built from the inverse displacement (as register.py builds it for --inverse-warp) maps
     the source scan's points back: forward then inverse is the identity, in millimetres."""

@@ -125,16 +125,20 @@ def _as_is(scan, grid_affine):
 
 
 def align_to(scan, reference, reference_affine, grid_shape, grid_affine, reference_map=np.eye(4), dof=12,
-             init='moments', check=True, reference_name='the reference'):
+             init='moments', check=True, reference_name='the reference', loss='ncc'):
     """Affinely align ``scan`` to ``reference`` (its own grid and affine; ``reference_map`` its
     placement's world map) and place it on the model grid.
+
+    ``loss`` is the alignment's metric (:func:`vxm_keras.affine.align`): ``'ncc'`` for scans of one
+    contrast, ``'mi'`` (mutual information) for a T2, FLAIR or PD scan aligned to a T1.
 
     Returns:
         :class:`Placement` with ``alignment`` set.
 
     Raises:
         AlignmentError: with ``check``, when the aligned scan correlates less than
-            :data:`MIN_CORRELATION` with the reference, or (a reference on the model grid) puts
+            :data:`MIN_CORRELATION` with the reference (NCC only: other contrasts need not
+            correlate), or (a reference on the model grid) puts
             more than :data:`MAX_OUTSIDE` of its intensity outside the reference's brain.
     """
     if scan.affine is None:
@@ -143,13 +147,13 @@ def align_to(scan, reference, reference_affine, grid_shape, grid_affine, referen
     if scan.vol.ndim != 3:
         raise ValueError(f'{scan.name}: a {scan.vol.ndim}-D array of shape {scan.vol.shape}; only 3-D scans '
                          'are aligned')
-    found = affine_mod.align(scan.vol, scan.affine, reference, reference_affine, dof=dof, init=init)
+    found = affine_mod.align(scan.vol, scan.affine, reference, reference_affine, dof=dof, init=init, loss=loss)
     placement = place(scan, grid_shape, grid_affine, found.matrix @ np.asarray(reference_map, np.float64))
     placement.alignment = found
     if check:
         advice = ('The models were trained on skull-stripped T1 brains: strip the skull first (e.g. '
                   'mri_synthstrip, FSL bet)')
-        if -found.loss < MIN_CORRELATION:
+        if loss == 'ncc' and -found.loss < MIN_CORRELATION:
             raise AlignmentError(f'{scan.name}: after affine alignment it correlates only {-found.loss:.2f} with '
                                  f'{reference_name}: another contrast, or not a brain? {advice}')
         if tuple(np.shape(reference)) == tuple(grid_shape) and np.allclose(reference_affine, grid_affine):
@@ -415,7 +419,7 @@ class NativeResult:
 
 
 def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto', dof=12, inverse=False,
-                   check=True, **options):
+                   check=True, alignment='ncc', **options):
     """Register two scans of any grid through the model grid.
 
     Args:
@@ -430,6 +434,7 @@ def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto',
         dof: degrees of freedom of the alignment (6, 9, 12).
         inverse: also build the inverse chain (diffeomorphic models).
         check: refuse poor alignments (:func:`align_to`).
+        alignment: the metric of the affine alignments (:func:`align_to`'s ``loss``).
         options: passed to :meth:`Registration.register` (``optimize``, ``cascade``, ...).
 
     Returns:
@@ -437,7 +442,7 @@ def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto',
     """
     shape = engine.inshape
     fixed_p = (fixed if isinstance(fixed, Placement)
-               else place_fixed(fixed, shape, grid_affine, reference, affine, dof, check))
+               else place_fixed(fixed, shape, grid_affine, reference, affine, dof, check, alignment))
     fixed = fixed_p.scan
     if affine == 'auto' and on_grid(moving, shape, grid_affine) and fixed_p.alignment is None:
         moving_p = _as_is(moving, grid_affine)
@@ -449,7 +454,7 @@ def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto',
         # aligned to the fixed scan as placed on the grid: the grid's world is the reference's world,
         # and the grid is smaller than most raw scans (256^3 with a wide background)
         moving_p = align_to(moving, fixed_p.vol, grid_affine, shape, grid_affine, dof=dof,
-                            check=check, reference_name=f'the fixed scan {fixed.name}')
+                            check=check, reference_name=f'the fixed scan {fixed.name}', loss=alignment)
     grid = engine.register(moving_p.vol, fixed_p.vol, inverse=inverse, **options)
     forward = Chain(fixed_p, moving_p, grid_affine, grid.warp)
     backward = Chain(moving_p, fixed_p, grid_affine, grid.inverse) if inverse else None
@@ -458,12 +463,13 @@ def register_scans(engine, moving, fixed, reference, grid_affine, affine='auto',
     return NativeResult(moved=moved, fixed=fixed_p, moving=moving_p, grid=grid, forward=forward, inverse=backward)
 
 
-def place_fixed(fixed, grid_shape, grid_affine, reference, affine='auto', dof=12, check=True):
+def place_fixed(fixed, grid_shape, grid_affine, reference, affine='auto', dof=12, check=True, loss='ncc'):
     """The fixed scan's :class:`Placement`: as it is when on the grid, else aligned to
-    ``reference`` (``(vol, affine)`` on the grid); ``affine='off'`` refuses a scan off the grid."""
+    ``reference`` (``(vol, affine)`` on the grid) by ``loss`` (:func:`align_to`); ``affine='off'``
+    refuses a scan off the grid."""
     if on_grid(fixed, grid_shape, grid_affine):
         return _as_is(fixed, grid_affine)
     if affine == 'off':
         raise ValueError(f'{fixed.name}: {off_grid_reason(fixed, grid_shape, grid_affine)} (--affine off)')
     return align_to(fixed, reference[0], reference[1], grid_shape, grid_affine, dof=dof,
-                    check=check, reference_name='the atlas')
+                    check=check, reference_name='the atlas', loss=loss)

@@ -104,21 +104,26 @@ class Registrar:
             self.grid_name = ("on the fixed scan's grid" if self.fixed.affine is not None
                               else 'on a grid of 1 mm voxels along the world axes (identity affine)')
             self._reference = None
-        self._fixed_placement = None
+        self._placements = {}
 
     @property
     def fixed_placement(self) -> native.Placement:
-        """The fixed scan on the model grid: as it is, or aligned to the atlas (once)."""
-        if self._fixed_placement is None:
+        """The fixed scan on the model grid: as it is, or aligned to the atlas by NCC (once)."""
+        return self.placement('ncc')
+
+    def placement(self, alignment: str = 'ncc') -> native.Placement:
+        """The fixed scan on the model grid, aligned to the atlas by ``alignment`` (``'ncc'`` or
+        ``'mi'``) when it is off the grid; computed once per metric."""
+        if alignment not in self._placements:
             shape = tuple(self.engine.inshape)
             reference = None
             if not native.on_grid(self.fixed, shape, self.grid_affine):
                 reference = self._reference() if self._reference is not None else None
-            self._fixed_placement = native.place_fixed(self.fixed, shape, self.grid_affine, reference,
-                                                       self.affine, self.dof, self.check)
-        return self._fixed_placement
+            self._placements[alignment] = native.place_fixed(self.fixed, shape, self.grid_affine, reference,
+                                                             self.affine, self.dof, self.check, alignment)
+        return self._placements[alignment]
 
-    def register(self, moving, inverse: bool = False, settings: Refinement = DEFAULT,
+    def register(self, moving, inverse: bool = False, settings: Refinement = DEFAULT, alignment: str = None,
                  **changes) -> native.NativeResult:
         """Register one moving scan (any form :func:`load_scan` takes) to the fixed scan.
 
@@ -127,6 +132,10 @@ class Registrar:
             inverse: also the inverse chain (diffeomorphic models).
             settings: the refinement (:mod:`vxm_keras.settings`; ``NETWORK_ALONE``,
                 ``CROSS_CONTRAST`` for a T2/FLAIR/PD moving scan and a T1 fixed scan).
+            alignment: the metric of the affine alignments of scans off the model grid: ``'ncc'``
+                or ``'mi'`` (mutual information); default ``'mi'`` when the image term is MIND
+                (scans of different contrasts, where NCC misplaces a T2 by millimetres), else
+                ``'ncc'`` (as accurate on one contrast, and faster).
             changes: single settings changed from ``settings`` (``optimize=50``, ``lam=1``, ...).
 
         Returns:
@@ -139,6 +148,10 @@ class Registrar:
         """
         moving = load_scan(moving, 'moving')
         settings = settings.replace(**changes)
+        if alignment is None:
+            alignment = 'mi' if settings.image_loss == 'mind' else 'ncc'
+        if alignment not in ('ncc', 'mi'):
+            raise ValueError(f"alignment must be 'ncc' or 'mi', got {alignment!r}")
         shape = tuple(self.engine.inshape)
         if moving.vol.ndim != len(shape):
             raise ValueError(f'{moving.name}: a {moving.vol.ndim}-D scan, but the model registers '
@@ -151,10 +164,10 @@ class Registrar:
         if inverse and not self.engine.model.diffeomorphic:
             raise ValueError(f'{self.engine.name}: this model has no inverse; a diffeomorphic model '
                              '(train.py --model vm2diff) does')
-        first = self._fixed_placement is None
-        result = native.register_scans(self.engine, moving, self.fixed_placement, None, self.grid_affine,
+        first = not self._placements
+        result = native.register_scans(self.engine, moving, self.placement(alignment), None, self.grid_affine,
                                        affine=self.affine, dof=self.dof, inverse=inverse, check=self.check,
-                                       **settings.as_kwargs())
+                                       alignment=alignment, **settings.as_kwargs())
         # a scan used as it is must already be scaled as the models expect; the fixed scan is told once
         used_as_is = [scan for scan in ((moving, self.fixed) if first else (moving,))
                       if native.on_grid(scan, shape, self.grid_affine)]
@@ -172,7 +185,8 @@ def _range_warning(scan):
 
 
 def register(moving, fixed=None, model=None, *, inverse: bool = False, settings: Refinement = DEFAULT,
-             affine: str = 'auto', dof: int = 12, check: bool = True, **changes) -> native.NativeResult:
+             alignment: str = None, affine: str = 'auto', dof: int = 12, check: bool = True,
+             **changes) -> native.NativeResult:
     """Register ``moving`` to ``fixed`` as register.py does, in one call.
 
     Args:
@@ -180,8 +194,9 @@ def register(moving, fixed=None, model=None, *, inverse: bool = False, settings:
             ``(array, affine)`` pairs, or arrays on the model grid (``fixed`` default: the shipped
             atlas).
         model: a path or a loaded model (default the shipped ``models/vm2_atlas.h5``).
-        inverse, settings, changes: as in :meth:`Registrar.register`; ``optimize=0`` is the
-            network alone.
+        inverse, settings, alignment, changes: as in :meth:`Registrar.register`; ``optimize=0``
+            is the network alone; ``settings=vxm_keras.settings.CROSS_CONTRAST`` for a T2, FLAIR
+            or PD moving scan and a T1 fixed scan.
         affine, dof, check: as in :class:`Registrar`.
 
     Returns:
@@ -191,4 +206,4 @@ def register(moving, fixed=None, model=None, *, inverse: bool = False, settings:
         grid (``seconds``, ``losses``, ``stages``).
     """
     return Registrar(model, fixed, affine=affine, dof=dof, check=check).register(
-        moving, inverse=inverse, settings=settings, **changes)
+        moving, inverse=inverse, settings=settings, alignment=alignment, **changes)

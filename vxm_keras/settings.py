@@ -76,7 +76,8 @@ class Refinement:
 # (network alone) to 0.789 Dice, past ANTs SyN (0.759 in the same run), in 8.8 s against 54.8 s
 DEFAULT = Refinement()
 NETWORK_ALONE = Refinement(optimize=0)
-# --cross-contrast: MIND-SSC from the affine alignment (the networks saw T1 pairs only)
+# --cross-contrast: MIND-SSC from the affine alignment (the networks saw T1 pairs only); with image_loss
+# 'mind', pipeline.Registrar aligns scans off the grid by mutual information
 CROSS_CONTRAST = Refinement(image_loss='mind', network=False)
 
 # command-line help for each setting, with its default written in
@@ -90,8 +91,9 @@ HELP = {
     'fine': ('after them, N steps on the full-resolution pair (smoothness {fine_lam:g}; each about 8 times the '
              'cost of a half-resolution step; default {fine})'),
     'cascade': 'apply the network K times, each on the previous result, composing the fields (default {cascade})',
-    'cross_contrast': ("the moving scan's contrast differs from the fixed scan's (T2, FLAIR or PD to a T1): the "
-                       'refinement compares MIND-SSC descriptors instead of intensities and starts from the '
+    'cross_contrast': ("the moving scan's contrast differs from the fixed scan's (T2, FLAIR or PD to a T1): scans "
+                       'off the model grid are aligned by mutual information instead of correlation, and the '
+                       'refinement compares MIND-SSC descriptors instead of intensities, starting from the '
                        'affine alignment rather than the network, which saw T1 pairs only (models/README.md)'),
 }
 
