@@ -20,14 +20,12 @@ A FreeSurfer subject without ``talairach.xfm``, and any scan given with
 (12 degrees of freedom; this loads TensorFlow, the rest does not).
 """
 
-import argparse
 import os
 import sys
 
 import numpy as np
 from scipy import ndimage
 
-from .errors import UserError
 from .grid import TARGET_AFFINE, TARGET_SHAPE  # noqa: F401  (re-exported: scripts import them from here)
 from .io import VolumeError, load_volfile, save_volfile
 
@@ -147,11 +145,11 @@ def prepare_freesurfer_subject(folder, align=False):
         raise FileNotFoundError(f'{folder}: no {candidates[0]} (looked for {", ".join(candidates)})')
     image = find('brainmask.mgz', 'mri/brainmask.mgz')
     seg = find('aseg.mgz', 'mri/aseg.mgz')
-    xfm = None if align else _talairach(folder)
+    xfm = None if align else talairach_file(folder)
     return prepare_volume(image, seg, xfm, align=xfm is None)
 
 
-def _talairach(folder):
+def talairach_file(folder):
     """A FreeSurfer subject's ``talairach.xfm``, or ``None``."""
     for candidate in ('talairach.xfm', 'mri/transforms/talairach.xfm'):
         if os.path.isfile(os.path.join(folder, candidate)):
@@ -168,22 +166,13 @@ def write_prepared(prepared, path, overwrite=False):
     else:
         save_volfile(path, prepared['vol'], affine=prepared['affine'], overwrite=overwrite)
         if 'seg' in prepared:
-            save_volfile(_seg_path(path), prepared['seg'], affine=prepared['affine'], overwrite=overwrite)
+            save_volfile(seg_path(path), prepared['seg'], affine=prepared['affine'], overwrite=overwrite)
 
 
-def _seg_path(path):
+def seg_path(path):
+    """Where :func:`write_prepared` puts the label map of a NIfTI output ``path``."""
     stem = path[:-7] if path.endswith('.nii.gz') else os.path.splitext(path)[0]
     return stem + '_seg.nii.gz'
-
-
-def _outputs(dst, with_seg, nifti):
-    """Every file :func:`write_prepared` writes for ``dst`` (and its NIfTI copy)."""
-    outs = [dst]
-    if with_seg and not dst.endswith('.npz'):
-        outs.append(_seg_path(dst))
-    if nifti and dst.endswith('.npz'):
-        outs += [dst[:-4] + '.nii.gz'] + ([_seg_path(dst[:-4] + '.nii.gz')] if with_seg else [])
-    return outs
 
 
 def is_freesurfer_subject(folder):
@@ -191,67 +180,6 @@ def is_freesurfer_subject(folder):
     return any(os.path.isfile(os.path.join(folder, p)) for p in ('brainmask.mgz', 'mri/brainmask.mgz'))
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog='python -m vxm_keras.prepare',
-        description='Prepare scans for vxm-keras: affine to MNI305, 1 mm, 160x192x224, [0, 1] intensities.')
-    parser.add_argument('input', help='a FreeSurfer subject folder, a folder of subject folders, '
-                        'or a NIfTI/MGZ scan already in MNI space')
-    parser.add_argument('output', help='output .npz (or .nii.gz) for one scan, or a folder for many')
-    parser.add_argument('--seg', help='label map for a single MNI-space scan')
-    parser.add_argument('--affine', action='store_true',
-                        help='align each scan to the default atlas (12-dof affine) instead of trusting its header '
-                             '(scans not in MNI space) or talairach.xfm; subjects without talairach.xfm always are')
-    parser.add_argument('--nifti', action='store_true', help='also write NIfTI copies next to the .npz files')
-    parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
-    return parser
-
-
-def main(argv=None):
-    from .cli import execute
-    return execute(run, build_parser().parse_args(argv))
-
-
-def run(args):
-    """Prepare as the command line says (``args`` from :func:`build_parser`); returns the exit code."""
-    from .cli import check_outputs, fail, progress, setup_device, start_tensorflow
-    try:
-        if os.path.isdir(args.input) and not is_freesurfer_subject(args.input):
-            subjects = sorted(d for d in os.listdir(args.input)
-                              if is_freesurfer_subject(os.path.join(args.input, d)))
-            if not subjects:
-                fail(f'{args.input}: no FreeSurfer subject folders (with brainmask.mgz) inside')
-            os.makedirs(args.output, exist_ok=True)
-            jobs = [(os.path.join(args.input, s), os.path.join(args.output, s + '.npz')) for s in subjects]
-        else:
-            if not os.path.exists(args.input):
-                fail(f'{args.input}: not found')
-            jobs = [(args.input, args.output)]
-        # every output is checked before any is written
-        for src, dst in jobs:
-            outs = _outputs(dst, with_seg=os.path.isdir(src) or bool(args.seg), nifti=args.nifti)
-            check_outputs(outs, {src: 'the scan or subject to prepare', args.seg: '--seg'}, args.overwrite)
-            for out in outs:
-                if os.path.isdir(src) and os.path.realpath(out).startswith(os.path.realpath(src) + os.sep):
-                    fail(f'{out}: inside the input subject folder {src}; write the outputs elsewhere')
-        if args.affine or any(os.path.isdir(src) and _talairach(src) is None for src, _ in jobs):
-            # the alignment runs in TensorFlow: started as the other commands start it, quietly
-            setup_device(None)
-            start_tensorflow()
-        for src, dst in progress(jobs, desc='prepare'):
-            if os.path.isdir(src):
-                prepared = prepare_freesurfer_subject(src, align=args.affine)
-            else:
-                prepared = prepare_volume(src, args.seg, align=args.affine)
-            write_prepared(prepared, dst, overwrite=args.overwrite)
-            if args.nifti and dst.endswith('.npz'):
-                write_prepared(prepared, dst[:-4] + '.nii.gz', overwrite=args.overwrite)
-    except (OSError, ValueError) as err:  # nibabel's and numpy's own errors about a file, too
-        if isinstance(err, UserError):
-            raise
-        fail(str(err))
-    return 0
-
-
-if __name__ == '__main__':
+if __name__ == '__main__':  # the command lives with the others; python -m vxm_keras.prepare still runs it
+    from .commands.prepare import main
     sys.exit(main())
