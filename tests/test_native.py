@@ -127,6 +127,30 @@ def test_itk_files_round_trip(tmp_path, chain):
         native.save_itk_affine(tmp_path / 'a.txt', chain.world_affine)
 
 
+def test_every_warp_format_writes_what_its_entry_says(tmp_path, chain):
+    """The --warp-format table: each writer's file holds the chain's field in its convention, and
+    paths and scans a format cannot take are named before any work."""
+    from vxm_keras import transforms
+    from vxm_keras.io import load_volfile
+    assert set(transforms.WARP_FORMATS) == {'voxel', 'itk', 'ras'}
+    expected = {'voxel': chain.disp, 'itk': chain.displacement_mm(lps=True), 'ras': chain.displacement_mm(lps=False)}
+    for name, fmt in transforms.WARP_FORMATS.items():
+        path = tmp_path / f'{name}.nii.gz'
+        transforms.write_warp(name, path, chain, chain.disp)
+        written, affine = (transforms.load_itk_warp(path) if name == 'itk'
+                           else load_volfile(path, ret_affine=True))
+        np.testing.assert_allclose(written, expected[name], atol=1e-5)
+        np.testing.assert_allclose(affine, chain.target.scan.affine if fmt.world else chain.grid_affine)
+        assert transforms.warp_format_problem(name, path) is None
+        if fmt.extensions:
+            assert transforms.warp_format_problem(name, 'w.npz') == \
+                f'--warp-format {name} writes {"NIfTI or MGZ" if ".mgz" in fmt.extensions else "NIfTI"} ' \
+                f'({", ".join(fmt.extensions)})'
+        assert (transforms.warp_format_problem(name, 'w.npz', ndim=2) is None) == (not fmt.world)
+    # the LPS and RAS fields differ in the sign of the first two axes, and are not all zero
+    assert np.abs(expected['ras'][..., :2]).max() > 0.5
+
+
 def test_itk_affine_with_a_centre(tmp_path):
     """ITK's T(x) = A (x - c) + c + t, as ANTs writes it, read into one matrix."""
     lin, t, c = _rigid(10, [0, 0, 0])[:3, :3], np.array([1.0, 2, 3]), np.array([5.0, -4, 2])

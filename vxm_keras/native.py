@@ -16,9 +16,9 @@ Results go back to the scans' own grids in one interpolation: for a voxel
 
 gives the point of the moving scan to sample (``u``: the network's
 displacement on the model grid, voxel units). The same chain in millimetres
-is the transform other tools apply: :func:`save_itk_warp` writes it as the
+is the transform other tools apply: :func:`vxm_keras.transforms.save_itk_warp` writes it as the
 displacement field ANTs and ITK read (5-D NIfTI, vector intent, LPS mm, on
-the fixed scan's grid), :func:`save_itk_affine` the affine part alone as an
+the fixed scan's grid), :func:`~vxm_keras.transforms.save_itk_affine` the affine part alone as an
 ITK text transform.
 
 Conventions: affines are 4x4 voxel-to-world (RAS mm) matrices as nibabel
@@ -35,9 +35,9 @@ import tensorflow as tf
 from . import affine as affine_mod
 from . import spatial
 from .errors import UserError
+# the transform files (kept importable from here, where they lived first)
+from .transforms import load_itk_affine, load_itk_warp, save_itk_affine, save_itk_warp, save_ras_warp  # noqa: F401
 
-# LPS <-> RAS: the sign of the first two world axes
-_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 # slices of the output grid resampled at a time: bounds the memory of a 0.5 mm scan
 SLAB = 32
 # at most this far (mm) from the grid's affine a scan still counts as on the grid
@@ -329,72 +329,6 @@ def on_moving_grid(chain):
     grid = Scan(np.broadcast_to(np.float32(0), moving.vol.shape), affine, f'{moving.name} grid')
     target = Placement(scan=grid, vol=None, world_map=chain.target.world_map, alignment=chain.target.alignment)
     return Chain(target, chain.source, chain.grid_affine, chain.disp)
-
-
-def save_itk_warp(path, displacement_lps, target_affine, overwrite=False):
-    """Write an ANTs/ITK displacement field: 5-D NIfTI ``(*spatial, 1, 3)``, intent vector,
-    LPS millimetre components, the target grid's affine (what ``antsApplyTransforms -t``
-    and ``ants.apply_transforms`` read)."""
-    import nibabel as nib
-
-    from .io import atomic_path
-    data = np.asarray(displacement_lps, np.float32)[:, :, :, None, :]
-    img = nib.Nifti1Image(data, np.asarray(target_affine, np.float64))
-    img.header.set_intent('vector')
-    img.header.set_xyzt_units('mm')
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        nib.save(img, tmp)
-
-
-def load_itk_warp(path):
-    """Read a displacement field written by :func:`save_itk_warp` (or by ANTs): returns
-    ``(displacement_lps (*spatial, 3), affine)``."""
-    import nibabel as nib
-    img = nib.load(path)
-    data = np.asarray(img.dataobj, np.float32)
-    if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] != 3:
-        raise ValueError(f'{path}: not an ITK displacement field (shape {data.shape}, expected (X, Y, Z, 1, 3))')
-    return data[:, :, :, 0, :], np.asarray(img.affine, np.float64)
-
-
-def save_ras_warp(path, displacement_ras, target_affine, overwrite=False):
-    """Write a displacement field in RAS millimetres: 4-D NIfTI/MGZ ``(*spatial, 3)`` on the
-    target grid (the world convention of FreeSurfer and nibabel)."""
-    from .io import save_volfile
-    save_volfile(path, np.asarray(displacement_ras, np.float32), affine=target_affine, overwrite=overwrite)
-
-
-def save_itk_affine(path, world_affine_ras, overwrite=False):
-    """Write the affine part as an ITK text transform (``#Insight Transform File V1.0``,
-    ``AffineTransform_double_3_3``, LPS, fixed to moving points), which ANTs, ITK and Slicer read."""
-    from .io import atomic_path
-    lps = _FLIP @ np.asarray(world_affine_ras, np.float64) @ _FLIP
-    params = list(lps[:3, :3].ravel()) + list(lps[:3, 3])
-    text = ('#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n'
-            f'Parameters: {" ".join(repr(float(p)) for p in params)}\nFixedParameters: 0 0 0\n')
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with open(tmp, 'w') as f:
-            f.write(text)
-
-
-def load_itk_affine(path):
-    """Read an ITK text affine transform (as :func:`save_itk_affine` writes): returns the 4x4 RAS
-    map from fixed to moving world points (a centre in ``FixedParameters`` is folded in)."""
-    params = fixed = None
-    with open(path) as f:
-        for line in f:
-            if line.startswith('Parameters:'):
-                params = np.array(line.split(':', 1)[1].split(), np.float64)
-            elif line.startswith('FixedParameters:'):
-                fixed = np.array(line.split(':', 1)[1].split(), np.float64)
-    if params is None or params.size != 12:
-        raise ValueError(f'{path}: not a 3-D ITK affine transform (no 12 Parameters)')
-    centre = np.zeros(3) if fixed is None else fixed
-    lin, trans = params[:9].reshape(3, 3), params[9:]
-    lps = np.eye(4)
-    lps[:3, :3] = lin
-    lps[:3, 3] = trans + centre - lin @ centre
-    return _FLIP @ lps @ _FLIP
 
 
 @dataclasses.dataclass

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from .. import transforms
 from ..cli import (check_outputs, check_registration, device_options, execute, fail, overwrite_option,
                    registration_options, same_path, setup_device)
 from ..errors import UserError
@@ -92,9 +93,8 @@ def build_parser():
     p.add_argument('--moved-grid', dest='moved_grid', choices=('fixed', 'moving'), default='fixed',
                    help="grid of --moved, --moved-seg, --uncertainty: the fixed scan's (default), or the moving "
                         "scan's own voxel size and extent, carried into the fixed scan's space by the affine part")
-    p.add_argument('--warp-format', dest='warp_format', choices=('voxel', 'itk', 'ras'), default='voxel',
-                   help='--warp and --inverse-warp as: voxel (the model grid, voxel units; default), itk '
-                        '(ANTs/ITK displacement field on the fixed grid, LPS mm, affine included), ras (RAS mm)')
+    p.add_argument('--warp-format', dest='warp_format', choices=tuple(transforms.WARP_FORMATS), default='voxel',
+                   help=transforms.help_text())
     p.add_argument('--save-affine', dest='save_affine', default=None,
                    help='output: the affine part alone as an ITK text transform (.txt), fixed to moving')
     p.add_argument('--xla', action='store_true',
@@ -155,16 +155,10 @@ def _registrar(args, fixed, fixed_affine):
 
 
 def _check_warp_format(args):
-    from ..io import volume_extension
-    paths = [p for p in (args.warp, args.inverse_warp) if p]
-    if args.warp_format == 'itk':
-        for path in paths:
-            if not path.lower().endswith(('.nii', '.nii.gz')):
-                fail(f'{path}: --warp-format itk writes NIfTI (.nii or .nii.gz)')
-    elif args.warp_format == 'ras':
-        for path in paths:
-            if volume_extension(path) not in ('.nii', '.nii.gz', '.mgz'):
-                fail(f'{path}: --warp-format ras writes NIfTI or MGZ (.nii, .nii.gz, .mgz)')
+    for path in (args.warp, args.inverse_warp):
+        problem = path and transforms.warp_format_problem(args.warp_format, path)
+        if problem:
+            fail(f'{path}: {problem}')
     if args.save_affine and not args.save_affine.lower().endswith('.txt'):
         fail(f'{args.save_affine}: --save-affine writes an ITK text transform (.txt)')
 
@@ -267,8 +261,8 @@ def _single(args, timings):
         if path:
             writers.append((path, _warp_writer(args.warp_format, chain, grid_field)))
     if args.save_affine:
-        from ..native import save_itk_affine
-        writers.append((args.save_affine, lambda tmp: save_itk_affine(tmp, forward.world_affine, overwrite=True)))
+        writers.append((args.save_affine,
+                        lambda tmp: transforms.save_itk_affine(tmp, forward.world_affine, overwrite=True)))
     # written side by side under temporary names, renamed together: all outputs or none
     with atomic_paths([path for path, _ in writers] + ([args.png] if args.png else []),
                       overwrite=args.overwrite) as tmps, ThreadPoolExecutor(3) as pool:
@@ -317,15 +311,7 @@ def _output_affine(chain, moving_affine, fixed_affine):
 
 def _warp_writer(fmt, chain, grid_field):
     """A function writing one warp output (forward or inverse) in ``fmt`` to a path."""
-    from ..io import save_volfile
-    from ..native import save_itk_warp, save_ras_warp
-    if fmt == 'voxel':
-        affine = chain.target.scan.affine if chain.identity else chain.grid_affine
-        return lambda tmp: save_volfile(tmp, grid_field, affine=affine, overwrite=True)
-    if fmt == 'itk':
-        return lambda tmp: save_itk_warp(tmp, chain.displacement_mm(lps=True), chain.target.scan.affine,
-                                         overwrite=True)
-    return lambda tmp: save_ras_warp(tmp, chain.displacement_mm(lps=False), chain.target.scan.affine, overwrite=True)
+    return lambda tmp: transforms.write_warp(fmt, tmp, chain, grid_field, overwrite=True)
 
 
 def _figure(path, reg, result, moving_seg, fixed_seg, uncertainty=None):
@@ -372,10 +358,10 @@ def _earlier_outputs(paths):
 
 
 def _refuse_2d_world_warps(path, ndim, writes_warp, warp_format):
-    """World-space warp formats are 3-D: refuse them for a 2-D scan before any work."""
-    if ndim == 2 and writes_warp and warp_format in ('itk', 'ras'):
-        fail(f'{path}: a 2-D scan; --warp-format {warp_format} writes 3-D world-space fields '
-             '(use --warp-format voxel)')
+    """A 2-D scan cannot have a world-space warp: refused before any work."""
+    problem = writes_warp and transforms.warp_format_problem(warp_format, None, ndim)
+    if problem:
+        fail(f'{path}: {problem}')
 
 
 def _remove_partial_outputs(folder):
