@@ -9,7 +9,6 @@ line on stderr, ``error: <file>: <problem>``, and exit code 2; they never print 
 
 import argparse
 import os
-import re
 import sys
 
 from .errors import UserError, fail  # noqa: F401  (re-exported for the commands)
@@ -171,77 +170,6 @@ def overwrite_option(help_text='replace existing outputs (never the inputs)'):
     return p
 
 
-# what setup_device asked for, checked once TensorFlow starts (in run)
-_DEVICE = {}
-
-# TensorFlow's start-up lines that say nothing to a user (kept with --verbose)
-_NOISE = re.compile(r'^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |E\d{4} .*(cuInit|cuda|CUDA)|'
-                    r'To enable the following instructions|.*(oneDNN custom operations|cudart_stub|'
-                    r'cpu_feature_guard|Unable to register cu|computation placer already registered))')
-
-
-def setup_device(gpu, verbose=False):
-    """Select devices before TensorFlow starts: ``None``/``'-1'`` = CPU, else ids like ``'0'`` or ``'0,1'``.
-
-    Returns the number of GPUs requested (0 for CPU). Unless ``verbose``, TensorFlow's
-    start-up chatter (which on a machine without a GPU includes an alarming ``failed call
-    to cuInit``) is filtered out when :func:`run` starts it; real errors still show.
-    """
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
-    _DEVICE.update(verbose=verbose, gpus=[])
-    if gpu is None or str(gpu).strip() in ('', '-1'):
-        os.environ['CUDA_VISIBLE_DEVICES'] = '-1'
-        return 0
-    ids = [g.strip() for g in str(gpu).split(',') if g.strip()]
-    if not all(g.isdigit() for g in ids):
-        fail(f'--gpu: expected an id or a comma-separated list of ids, got {gpu!r}')
-    os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(ids)
-    _DEVICE['gpus'] = ids
-    return len(ids)
-
-
-def start_tensorflow():
-    """Import TensorFlow and let it find its devices, filtering its start-up noise (see
-    :func:`setup_device`); fail if GPUs were asked for and are not there. Commands call it
-    once their cheap checks have passed, so a bad argument answers without waiting for it."""
-    import tempfile
-    if not _DEVICE:
-        return
-    capture = None
-    # already imported (a command called from Python): nothing to filter, the devices still checked
-    if not _DEVICE.get('verbose') and 'tensorflow' not in sys.modules:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        capture = tempfile.TemporaryFile()
-        os.dup2(capture.fileno(), 2)
-    try:
-        import tensorflow as tf
-        found = tf.config.list_physical_devices('GPU')
-    finally:
-        if capture is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode(errors='replace').splitlines():
-                if line.strip() and not _NOISE.match(line):
-                    print(line, file=sys.stderr)
-            capture.close()
-    wanted = _DEVICE.get('gpus') or []
-    if len(found) < len(wanted):
-        fail(f'--gpu {",".join(wanted)}: {len(found)} GPU(s) usable by TensorFlow on this machine'
-             f'{"" if found else " (none: drop --gpu to run on the CPU)"}')
-
-
-def start_training_tensorflow():
-    """:func:`start_tensorflow` for the training commands, with Grappler's remapper off: on the
-    training step's graph it fails (a LeakyRelu gradient's fusion) and logs an error line at the
-    first step, having fused nothing; the step takes the same time without it (measured on a
-    32^3 VM-2: 282-304 against 322-342 ms a step)."""
-    start_tensorflow()
-    import tensorflow as tf
-    tf.config.optimizer.set_experimental_options({'remapping': False})
-
-
 def check_schedule(args):
     """Check a training command's schedule and model files before TensorFlow loads.
 
@@ -275,74 +203,6 @@ def check_schedule(args):
             lock_run_dir(args.model_dir)  # before the check: two runs cannot both find the folder free
         check_run_dir(args.model_dir, start, bool(args.load_model), getattr(args, 'overwrite', False))
     return start
-
-
-def same_path(a, b):
-    """Whether two paths name the same file: real paths compared (symlinks resolved), and
-    for existing files their device and inode."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def check_outputs(outputs, inputs=(), overwrite=False):
-    """Check every output of a command before anything is written.
-
-    Args:
-        outputs: ``{path: what}`` or a list of paths (``None`` entries are skipped).
-        inputs: ``{path: flag}`` of the command's input files (``None`` skipped).
-        overwrite: ``--overwrite`` was given.
-
-    Fails (one line, exit 2) when two outputs are one file, an output is one of the inputs
-    (``--overwrite`` replaces old outputs, never inputs), an output exists without
-    ``overwrite``, or its folder is missing or read-only.
-    """
-    outputs = [o for o in outputs if o]
-    inputs = {p: flag for p, flag in dict(inputs).items() if p} if not isinstance(inputs, dict) \
-        else {p: flag for p, flag in inputs.items() if p}
-    for i, out in enumerate(outputs):
-        for other in outputs[:i]:
-            if same_path(out, other):
-                fail(f'{out}: given for two outputs; each output needs its own path')
-        for path, flag in inputs.items():
-            if same_path(out, path):
-                fail(f'{out}: is also an input ({flag}); outputs never replace inputs, even with --overwrite')
-        check_output(out, overwrite)
-
-
-def _can_create_in(folder):
-    """Whether a file can be created in ``folder``: tried, not asked of ``os.access``, which says
-    yes to root for folders no file can be made in (``/proc``, read-only mounts)."""
-    import tempfile
-    try:
-        fd, probe = tempfile.mkstemp(prefix='.vxm-probe-', dir=folder)
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(probe)
-    return True
-
-
-def check_output(path, overwrite):
-    """Refuse an output path that exists (without ``overwrite``) or whose folder is missing or read-only."""
-    if path is None:
-        return
-    if not os.path.basename(os.fspath(path)):
-        fail(f'{path!r}: not a file name')
-    if os.path.islink(path) and not os.path.exists(path):
-        fail(f'{path}: a broken symbolic link (to {os.readlink(path)}); remove it or choose another name')
-    if os.path.isdir(path):
-        fail(f'{path}: is a folder, not a file name')
-    if os.path.exists(path) and not overwrite:
-        fail(f'{path}: exists (use --overwrite to replace it)')
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        fail(f'{path}: folder {folder} does not exist')
-    if not _can_create_in(folder):
-        fail(f'{path}: folder {folder} is not writable')
 
 
 def progress(items, desc=''):

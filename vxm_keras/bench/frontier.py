@@ -199,7 +199,7 @@ def run(args):
     """Measure as the command line says; returns the exit code."""
     import importlib.util
 
-    from ..cli import setup_device, start_tensorflow
+    from ..device import setup_device, start_tensorflow
     setup_device(args.gpu, args.verbose)
     stem = os.path.splitext(args.out)[0]
     outputs = [args.out, stem + '.png'] + ([] if args.from_json else [stem + '.json'])

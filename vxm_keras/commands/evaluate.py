@@ -36,11 +36,10 @@ import os
 import sys
 import time
 
-from ..cli import (check_registration, device_options, execute, fail, overwrite_option, registration_options,
-                   setup_device, start_tensorflow)
+from ..cli import check_registration, device_options, execute, fail, overwrite_option, registration_options
+from ..device import setup_device, start_tensorflow
 from ..evaluation import ants_syn, load_scans, scan_pairs, score_rows, summarise
 from ..metrics import STRUCTURES, TISSUE_NAMES, aseg_to_tissue
-
 from ..shipped import DEFAULT_ATLAS
 
 

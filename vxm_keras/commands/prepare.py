@@ -4,8 +4,10 @@
 import argparse
 import os
 
-from ..cli import check_outputs, execute, fail, progress, setup_device, start_tensorflow
+from ..cli import execute, fail, progress
+from ..device import setup_device, start_tensorflow
 from ..errors import UserError
+from ..outputs import check_outputs
 from ..prepare import (is_freesurfer_subject, prepare_freesurfer_subject, prepare_volume, seg_path, talairach_file,
                        write_prepared)
 

@@ -40,9 +40,10 @@ import time
 import numpy as np
 
 from .. import transforms
-from ..cli import (check_outputs, check_registration, device_options, execute, fail, overwrite_option,
-                   registration_options, same_path, setup_device)
+from ..cli import check_registration, device_options, execute, fail, overwrite_option, registration_options
+from ..device import setup_device
 from ..errors import UserError
+from ..outputs import check_outputs, same_path
 from ..shipped import DEFAULT_ATLAS as DEFAULT_FIXED, DEFAULT_MODEL
 
 
@@ -116,10 +117,9 @@ def _split_ext(path):
 
 
 def _load_seg(path):
-    from ..io import load_volfile, volume_extension
     import numpy as np
 
-    from ..io import VolumeError
+    from ..io import VolumeError, load_volfile, volume_extension
     key = 'seg' if volume_extension(path) == '.npz' else None
     seg = load_volfile(path, key=key, check_finite=True)
     if np.issubdtype(seg.dtype, np.floating) and np.any(seg != np.round(seg)):
@@ -132,7 +132,7 @@ def _load_seg(path):
 def _registrar(args, fixed, fixed_affine):
     """The model and the fixed scan, ready for moving scans (:class:`vxm_keras.pipeline.Registrar`),
     checked against the command's options."""
-    from ..cli import start_tensorflow
+    from ..device import start_tensorflow
     start_tensorflow()
     from ..native import Scan
     from ..pipeline import Registrar

@@ -14,7 +14,8 @@ import sys
 import tempfile
 
 from ..cli import (check_schedule, device_options, execute, fail, finite_float, nonnegative_int, positive_int,
-                  schedule_options, setup_device, start_training_tensorflow, training_data_options)
+                   schedule_options, training_data_options)
+from ..device import setup_device, start_training_tensorflow
 from ..runs import writes_outputs
 from ..settings import IMAGE_LOSS_WEIGHTS, TRAINING_LAMBDA
 from ..shipped import DEFAULT_ATLAS

@@ -29,7 +29,8 @@ import os
 import sys
 
 from ..cli import (check_schedule, device_options, execute, fail, finite_float, nonnegative_int, positive_int,
-                  schedule_options, setup_device, start_training_tensorflow, training_data_options)
+                   schedule_options, training_data_options)
+from ..device import setup_device, start_training_tensorflow
 
 
 def build_parser():
