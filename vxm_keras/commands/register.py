@@ -164,10 +164,36 @@ def _check_warp_format(args):
 
 
 def _single(args, timings):
-    from concurrent.futures import ThreadPoolExecutor
+    """One moving scan: outputs checked, the pair read and checked, registered, products made,
+    all outputs written together, times printed."""
+    outputs = _single_outputs(args)
+    t0 = time.perf_counter()
+    pair = _read_pair(args)
+    registrar = _registrar(args, pair.fixed, pair.fixed_affine)
+    result = _register_one(args, registrar, pair.moving, pair.affine, args.moving)
+    t_load = result.t_load - t0
+    t_pred = time.perf_counter() - result.t_load
+    t1 = time.perf_counter()
+    products = _products(args, registrar.engine, result, pair)
+    t_pred += time.perf_counter() - t1
+    t2 = time.perf_counter()
+    _write_single(args, registrar.engine, result, pair, products)
+    t_write = time.perf_counter() - t2
+    if result.moving.alignment is not None or result.fixed.alignment is not None:
+        aligned = [p.alignment for p in (result.fixed, result.moving) if p.alignment is not None]
+        print(f'affine alignment {sum(a.seconds for a in aligned):.2f} s ({len(aligned)} scan'
+              f'{"s" if len(aligned) > 1 else ""}, {aligned[0].dof} dof)')
+    timings.update(load=t_load, predict=t_pred, write=t_write)
+    print(f'load {t_load:.2f} s, predict {t_pred:.2f} s, write {t_write:.2f} s')
+    for out in outputs:
+        print(f'wrote {out}')
+    return 0
 
-    from ..io import EXTENSIONS, atomic_paths, load_volfile, save_volfile, volume_extension
 
+def _single_outputs(args):
+    """Name the default ``--moved`` and check every output of one registration before any work;
+    returns the output paths."""
+    from ..io import EXTENSIONS
     if args.moved_seg and not args.moving_seg:
         fail('--moved-seg needs --moving-seg')
     if args.moved is None:
@@ -193,9 +219,17 @@ def _single(args, timings):
     if args.png and not args.png.lower().endswith(FIGURE_EXTENSIONS):
         fail(f'{args.png}: a figure needs one of the extensions {", ".join(FIGURE_EXTENSIONS)}')
     _check_warp_format(args)
+    return outputs
 
-    t0 = time.perf_counter()
-    # the inputs are read side by side (zlib and file reads release the GIL)
+
+def _read_pair(args):
+    """The moving and fixed scans (with affines) and label maps, read side by side and checked
+    against each other before the model loads, so a bad input fails without waiting for TensorFlow."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from ..io import load_volfile, volume_extension
+    # zlib and file reads release the GIL
     with ThreadPoolExecutor(3) as pool:
         reads = {'moving': pool.submit(load_volfile, args.moving, ret_affine=True, check_finite=True),
                  'fixed': pool.submit(load_volfile, args.fixed, ret_affine=True, check_finite=True)}
@@ -207,7 +241,6 @@ def _single(args, timings):
         fixed, fixed_affine = reads['fixed'].result()
         moving_seg = reads['moving_seg'].result() if args.moving_seg else None
         fixed_seg = reads['fixed_seg'].result() if args.fixed_seg else None
-    # the pair is checked before the model loads, so a bad input fails without waiting for TensorFlow
     if moving.ndim not in (2, 3):
         fail(f'{args.moving}: expected a 2-D or 3-D scan, got shape {moving.shape}')
     _refuse_2d_world_warps(args.moving, moving.ndim, args.warp or args.inverse_warp, args.warp_format)
@@ -223,39 +256,49 @@ def _single(args, timings):
             fixed_seg = load_volfile(args.fixed, key='seg')
         except ValueError:
             fixed_seg = None
-    registrar = _registrar(args, fixed, fixed_affine)
-    reg = registrar.engine
-    result = _register_one(args, registrar, moving, affine, args.moving)
-    t_load = result.t_load - t0
-    t_pred = time.perf_counter() - result.t_load
+    return SimpleNamespace(moving=moving, affine=affine, fixed=fixed, fixed_affine=fixed_affine,
+                           moving_seg=moving_seg, fixed_seg=fixed_seg)
 
-    t1 = time.perf_counter()
+
+def _products(args, reg, result, pair):
+    """What the outputs hold besides the warps: the moved image (on the grid ``--moved-grid``
+    names), uncertainty and moved labels, and the chain they were sampled through."""
+    from types import SimpleNamespace
     forward = result.forward
     # the chain the image outputs are sampled through: onto the fixed grid, or the moving scan's own
-    outputs_chain = forward
+    chain = forward
     moved = result.moved
     if args.moved_grid == 'moving' and not forward.identity:
         from ..native import on_moving_grid
-        outputs_chain = on_moving_grid(forward)
-        moved = outputs_chain.resample()
+        chain = on_moving_grid(forward)
+        moved = chain.resample()
     uncertainty = grid_uncertainty = None
     if args.uncertainty:
         grid_uncertainty = reg.uncertainty(result.moving.vol, result.fixed.vol, samples=args.uncertainty_samples)
-        uncertainty = grid_uncertainty if forward.identity else outputs_chain.sample_on_target(grid_uncertainty)
-    if moving_seg is not None:
-        moved_seg = (reg.warp_labels(moving_seg, result.grid.warp) if forward.identity
-                     else outputs_chain.resample(moving_seg, order=0))
-    else:
-        moved_seg = None
-    t_pred += time.perf_counter() - t1
+        uncertainty = grid_uncertainty if forward.identity else chain.sample_on_target(grid_uncertainty)
+    moved_seg = None
+    if pair.moving_seg is not None:
+        moved_seg = (reg.warp_labels(pair.moving_seg, result.grid.warp) if forward.identity
+                     else chain.resample(pair.moving_seg, order=0))
+    return SimpleNamespace(chain=chain, moved=moved, uncertainty=uncertainty, grid_uncertainty=grid_uncertainty,
+                           moved_seg=moved_seg)
 
-    t2 = time.perf_counter()
-    out_affine = _output_affine(outputs_chain, affine, fixed_affine)
-    writers = [(args.moved, lambda tmp: save_volfile(tmp, moved, affine=out_affine, overwrite=True))]
+
+def _write_single(args, reg, result, pair, products):
+    """Every output of one registration, written side by side under temporary names and renamed
+    together: all outputs or none."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..io import atomic_paths, save_volfile
+    forward = result.forward
+    out_affine = _output_affine(products.chain, pair.affine, pair.fixed_affine)
+    writers = [(args.moved, lambda tmp: save_volfile(tmp, products.moved, affine=out_affine, overwrite=True))]
     if args.moved_seg:
-        writers.append((args.moved_seg, lambda tmp: save_volfile(tmp, moved_seg, affine=out_affine, overwrite=True)))
+        writers.append((args.moved_seg,
+                        lambda tmp: save_volfile(tmp, products.moved_seg, affine=out_affine, overwrite=True)))
     if args.uncertainty:
-        writers.append((args.uncertainty, lambda tmp: save_volfile(tmp, uncertainty, affine=out_affine, overwrite=True)))
+        writers.append((args.uncertainty,
+                        lambda tmp: save_volfile(tmp, products.uncertainty, affine=out_affine, overwrite=True)))
     for path, chain, grid_field in ((args.warp, forward, result.grid.warp),
                                     (args.inverse_warp, result.inverse, result.grid.inverse)):
         if path:
@@ -263,24 +306,13 @@ def _single(args, timings):
     if args.save_affine:
         writers.append((args.save_affine,
                         lambda tmp: transforms.save_itk_affine(tmp, forward.world_affine, overwrite=True)))
-    # written side by side under temporary names, renamed together: all outputs or none
     with atomic_paths([path for path, _ in writers] + ([args.png] if args.png else []),
                       overwrite=args.overwrite) as tmps, ThreadPoolExecutor(3) as pool:
         writes = [pool.submit(write, tmps[path]) for path, write in writers]
         if args.png:
-            _figure(tmps[args.png], reg, result, moving_seg, fixed_seg, grid_uncertainty)
+            _figure(tmps[args.png], reg, result, pair.moving_seg, pair.fixed_seg, products.grid_uncertainty)
         for w in writes:
             w.result()
-    t_write = time.perf_counter() - t2
-    if result.moving.alignment is not None or result.fixed.alignment is not None:
-        aligned = [p.alignment for p in (result.fixed, result.moving) if p.alignment is not None]
-        print(f'affine alignment {sum(a.seconds for a in aligned):.2f} s ({len(aligned)} scan'
-              f'{"s" if len(aligned) > 1 else ""}, {aligned[0].dof} dof)')
-    timings.update(load=t_load, predict=t_pred, write=t_write)
-    print(f'load {t_load:.2f} s, predict {t_pred:.2f} s, write {t_write:.2f} s')
-    for out in outputs:
-        print(f'wrote {out}')
-    return 0
 
 
 def _register_one(args, registrar, moving, affine, name):
