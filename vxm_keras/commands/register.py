@@ -409,10 +409,26 @@ def _remove_partial_outputs(folder):
 
 def _batch(args):
     """Register many scans: a reader thread loads ahead, a writer thread saves behind."""
-    from concurrent.futures import ThreadPoolExecutor
+    from ..io import load_volfile
+    jobs, skipped, failed = _batch_jobs(args)
+    total = len(jobs) + skipped + len(failed)
+    t0 = time.perf_counter()
+    fixed, fixed_affine = load_volfile(args.fixed, ret_affine=True, check_finite=True)
+    _refuse_2d_world_warps(args.fixed, fixed.ndim, args.save_warp, args.warp_format)
+    registrar = _registrar(args, fixed, fixed_affine)
+    failed += _register_jobs(args, registrar, jobs, fixed, fixed_affine)
+    seconds = time.perf_counter() - t0
+    done = total - skipped - len(failed)
+    print(f'{done} registered, {skipped} already done, {len(failed)} failed of {total} scans '
+          f'in {seconds:.1f} s ({60 * done / max(seconds, 1e-9):.1f} scans per minute)')
+    return 1 if failed else 0
 
-    from ..io import atomic_path, load_volfile, save_volfile
 
+def _batch_jobs(args):
+    """Plan a batch before any work: the scans to register with their outputs, checked (no two
+    scans to one output, no output onto an input, existing outputs only with --resume or
+    --overwrite). Returns ``(jobs, skipped, failed)``: ``[(scan, outputs)]``, the count skipped
+    by --resume, and the entries that are not scans (reported)."""
     if args.out_dir is None:
         fail('batch mode (a folder or --moving-list) needs --out-dir')
     for opt in ('moved', 'warp', 'inverse_warp', 'moving_seg', 'moved_seg', 'png', 'save_affine', 'uncertainty'):
@@ -464,16 +480,21 @@ def _batch(args):
             fail(f'{next(o for o in outs if os.path.exists(o))}: exists (use --resume to skip finished '
                  'scans or --overwrite to replace them)')
         pending.append((path, outs))
-    jobs = pending
     os.makedirs(args.out_dir, exist_ok=True)
     if not os.access(args.out_dir, os.W_OK):
         fail(f'{args.out_dir}: folder is not writable')
     _remove_partial_outputs(args.out_dir)
-    total = len(jobs) + skipped + len(failed)
-    t0 = time.perf_counter()
-    fixed, fixed_affine = load_volfile(args.fixed, ret_affine=True, check_finite=True)
-    _refuse_2d_world_warps(args.fixed, fixed.ndim, args.save_warp, args.warp_format)
-    registrar = _registrar(args, fixed, fixed_affine)
+    return pending, skipped, failed
+
+
+def _register_jobs(args, registrar, jobs, fixed, fixed_affine):
+    """Register the planned scans, reading two ahead and writing behind on their own threads;
+    a bad scan is reported and the batch goes on. Returns the scans that failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import keras
+
+    from ..io import atomic_path, load_volfile, save_volfile
 
     def read(path):
         vol, affine = load_volfile(path, ret_affine=True, check_finite=True)
@@ -488,7 +509,7 @@ def _batch(args):
             with atomic_path(outs[1]) as tmp:
                 _warp_writer(args.warp_format, forward, result.grid.warp)(tmp)
 
-    import keras
+    failed = []
     bar = keras.utils.Progbar(len(jobs), unit_name='scan')
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
         pending_reads = [reader.submit(read, path) for path, _ in jobs[:2]]
@@ -510,11 +531,7 @@ def _batch(args):
             except (ValueError, OSError) as err:
                 failed.append(path)
                 print(f'error: {err}', file=sys.stderr)
-    seconds = time.perf_counter() - t0
-    done = total - skipped - len(failed)
-    print(f'{done} registered, {skipped} already done, {len(failed)} failed of {total} scans '
-          f'in {seconds:.1f} s ({60 * done / max(seconds, 1e-9):.1f} scans per minute)')
-    return 1 if failed else 0
+    return failed
 
 
 def main(argv=None):
