@@ -200,16 +200,10 @@ def run(args):
     n_gpus = setup_device(args.gpu, args.verbose)
     lam = args.lam if args.lam is not None else TRAINING_LAMBDA[args.image_loss]
     initial_epoch = check_schedule(args)
-    if not 0 <= args.synth_mix < 1:
-        fail(f'--synth-mix must be a fraction in [0, 1), got {args.synth_mix}')
+    _check_combinations(args)
     start_training_tensorflow()
     import keras
-    import numpy as np
     import tensorflow as tf
-
-    from .. import generators, losses, networks
-    from ..callbacks import AtomicCheckpoint, load_optimizer_state
-    from ..io import load_volfile
 
     if args.seed is not None:
         keras.utils.set_random_seed(args.seed)
@@ -219,6 +213,53 @@ def run(args):
         keras.mixed_precision.set_global_policy('mixed_float16' if n_gpus else 'mixed_bfloat16')
         print(f'mixed precision: U-Net in {keras.mixed_precision.global_policy().compute_dtype}, the field, '
               'warp and losses in float32 (saved models load in float32)', flush=True)
+    data = _training_data(args)
+    strategy, is_chief = _strategy(tf, n_gpus)
+    if args.batch_size % strategy.num_replicas_in_sync:
+        fail(f'--batch-size {args.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
+             'replicas training together (it is the global batch)')
+    if strategy.num_replicas_in_sync > 1:
+        print(f'training on {strategy.num_replicas_in_sync} replicas with {type(strategy).__name__}',
+              flush=True)
+    with strategy.scope():
+        model, trained, loss_fns, loss_weights, seg_factor = _compiled(args, data, lam, initial_epoch)
+    # each worker of a multi-worker run draws its own pairs; batch k is the same whether the
+    # run went straight through or was resumed (with --seed, across processes too)
+    worker = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', None) or 0
+    dataset = _dataset(args, data, model, seg_factor, initial_epoch, worker, strategy.num_replicas_in_sync)
+    # only the chief writes checkpoints and logs; other workers keep theirs in a scratch folder
+    out_dir = args.model_dir if is_chief else tempfile.mkdtemp(prefix='vxm_worker_')
+    _fit(args, trained, model, dataset, strategy, is_chief, out_dir, loss_fns, loss_weights, initial_epoch)
+    if trained.stop_training:  # only TerminateOnNaN stops a run early
+        good = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r'\d{4}\.h5', f))
+        fail('training stopped: the loss became NaN or Inf; '
+             + (f'the last good checkpoint is {os.path.join(out_dir, good[-1])}' if good
+                else 'no checkpoint was written'))
+    return 0
+
+
+def _check_combinations(args):
+    """Flags that cannot go together, refused before TensorFlow loads or any scan is read."""
+    if not 0 <= args.synth_mix < 1:
+        fail(f'--synth-mix must be a fraction in [0, 1), got {args.synth_mix}')
+    if args.synth and args.atlas.lower() != 'none':
+        fail('--synth trains on pairs drawn from label maps: use it with --atlas none')
+    if args.synth_mix and not args.synth:
+        fail('--synth-mix mixes real pairs into synthetic training: give --synth DIR too')
+    if args.synth_mix and (args.bidir or args.augment):
+        fail('--synth-mix cannot be combined with --bidir or --augment')
+
+
+def _training_data(args):
+    """The training scans (and atlas, label maps, synthesis maps) in memory, checked; a namespace
+    with ``files, atlas, vols, inshape, segs, atlas_seg, seg_labels, real_vols, real_segs``
+    (``vols``/``segs`` hold the label maps with --synth, ``real_*`` the scans)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from .. import generators
+    from ..io import load_volfile
     files = generators.list_volumes(args.data_dir, args.train_list)
     atlas = None
     if args.atlas.lower() != 'none':
@@ -229,83 +270,84 @@ def run(args):
         fail(f'scan-to-scan training (--atlas none) needs at least 2 scans, got {len(files)} '
              f'({files[0]}); give more scans, an atlas, or --augment (pairs of one scan with itself, '
              'each side deformed on its own)')
+    if args.synth_mix and len(files) < 2:
+        fail(f'--synth-mix needs at least 2 training scans for its real pairs, got {len(files)}')
     vols = generators.load_volumes(files, shape=None if atlas is None else atlas.shape)
     inshape = vols.shape[1:]
     print(f'{len(files)} training scans of shape {inshape}; '
           f'{"atlas " + args.atlas if atlas is not None else "scan-to-scan pairs"}', flush=True)
-
-    segs = atlas_seg = seg_labels = None
+    data = SimpleNamespace(files=files, atlas=atlas, vols=vols, inshape=inshape, segs=None, atlas_seg=None,
+                           seg_labels=None, real_vols=vols, real_segs=None)
     if args.synth and args.seg_weight <= 0:
         args.seg_weight = 1.0
-    if args.synth and atlas is not None:
-        fail('--synth trains on pairs drawn from label maps: use it with --atlas none')
-    if args.synth_mix and not args.synth:
-        fail('--synth-mix mixes real pairs into synthetic training: give --synth DIR too')
-    if args.synth_mix and (args.bidir or args.augment):
-        fail('--synth-mix cannot be combined with --bidir or --augment')
-    if args.synth_mix and len(files) < 2:
-        fail(f'--synth-mix needs at least 2 training scans for its real pairs, got {len(files)}')
-    real_vols = vols
     if args.seg_weight > 0:
-        segs, atlas_seg, seg_labels = _load_segs(args, files, None if atlas is None else args.atlas, inshape)
-        print(f'auxiliary Dice loss (weight {args.seg_weight}) on labels {seg_labels}', flush=True)
+        data.segs, data.atlas_seg, data.seg_labels = _load_segs(args, files, None if atlas is None else args.atlas,
+                                                                inshape)
+        print(f'auxiliary Dice loss (weight {args.seg_weight}) on labels {data.seg_labels}', flush=True)
     if args.synth:
         from ..synth import load_label_maps
         maps = load_label_maps(args.synth, inshape)
-        real_segs = segs
-        segs = np.concatenate([segs, maps])
+        data.real_segs = data.segs
+        data.segs = np.concatenate([data.segs, maps])
         # the generator's images are replaced by synthetic ones: the label maps stand in
-        vols = segs.astype(np.float32)
+        data.vols = data.segs.astype(np.float32)
         print(f'synthesis: {len(maps)} label maps from {args.synth} and {len(files)} training seg maps',
               flush=True)
+    return data
 
-    strategy, is_chief = _strategy(tf, n_gpus)
-    if args.batch_size % strategy.num_replicas_in_sync:
-        fail(f'--batch-size {args.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
-             'replicas training together (it is the global batch)')
-    if strategy.num_replicas_in_sync > 1:
-        print(f'training on {strategy.num_replicas_in_sync} replicas with {type(strategy).__name__}',
-              flush=True)
-    with strategy.scope():
-        model = _make_model(args, inshape)
-        loss_fns, loss_weights = _losses(args, model, lam)
-        if args.synth and not args.synth_mix:  # synthetic contrasts differ by design: only labels count
-            loss_weights[0] = 0.0
-        trained = model
-        seg_factor = 1
-        if args.seg_weight > 0:
-            coarse = not args.seg_full_res and model.field_factor > 1 and not model.diffeomorphic
-            seg_factor = model.field_factor if coarse else 1
-            trained = networks.seg_supervised(model, seg_labels, coarse=coarse)
-            loss_fns.append(losses.Dice(labels=seg_labels))
-            loss_weights.append(args.seg_weight)
-        trained.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights,
-                        jit_compile={'auto': 'auto', 'on': True, 'off': False}[args.xla])
-        if args.load_model:
-            restored = load_optimizer_state(trained, args.load_model)
-            if restored:
-                # the checkpoint's learning rate is part of the state; --lr wins
-                trained.optimizer.learning_rate.assign(args.lr)
-            print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
-                  f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
 
-    # each worker of a multi-worker run draws its own pairs; batch k is the same whether the
-    # run went straight through or was resumed (with --seed, across processes too)
-    worker = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', None) or 0
+def _compiled(args, data, lam, initial_epoch):
+    """The model and the model trained (with the label head for --seg-weight), compiled, resumed
+    from --load-model. Returns ``(model, trained, loss_fns, loss_weights, seg_factor)``."""
+    import keras
+
+    from .. import losses, networks
+    from ..callbacks import load_optimizer_state
+    model = _make_model(args, data.inshape)
+    loss_fns, loss_weights = _losses(args, model, lam)
+    if args.synth and not args.synth_mix:  # synthetic contrasts differ by design: only labels count
+        loss_weights[0] = 0.0
+    trained = model
+    seg_factor = 1
+    if args.seg_weight > 0:
+        coarse = not args.seg_full_res and model.field_factor > 1 and not model.diffeomorphic
+        seg_factor = model.field_factor if coarse else 1
+        trained = networks.seg_supervised(model, data.seg_labels, coarse=coarse)
+        loss_fns.append(losses.Dice(labels=data.seg_labels))
+        loss_weights.append(args.seg_weight)
+    trained.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss_fns, loss_weights=loss_weights,
+                    jit_compile={'auto': 'auto', 'on': True, 'off': False}[args.xla])
+    if args.load_model:
+        restored = load_optimizer_state(trained, args.load_model)
+        if restored:
+            # the checkpoint's learning rate is part of the state; --lr wins
+            trained.optimizer.learning_rate.assign(args.lr)
+        print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
+              f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
+    return model, trained, loss_fns, loss_weights, seg_factor
+
+
+def _dataset(args, data, model, seg_factor, initial_epoch, worker, replicas):
+    """The ``tf.data`` pipeline of training pairs: batch k is drawn from (seed, k), so a resumed
+    run sees what a straight run would; synthesis, augmentation and --synth-mix per batch."""
+    import numpy as np
+    import tensorflow as tf
+
+    from .. import generators
     sampler = generators.Sampler(args.seed, start=initial_epoch * args.steps_per_epoch, worker=worker)
     shapes = generators.zeros_shape(model)
-    if atlas is None:
-        gen = generators.scan_to_scan(vols, args.batch_size, sampler=sampler, segs=segs,
+    if data.atlas is None:
+        gen = generators.scan_to_scan(data.vols, args.batch_size, sampler=sampler, segs=data.segs,
                                       self_pairs=bool(args.augment), **shapes)
     else:
-        gen = generators.scan_to_atlas(vols, atlas.astype(np.float32), args.batch_size, sampler=sampler,
-                                       segs=segs, atlas_seg=atlas_seg, **shapes)
+        gen = generators.scan_to_atlas(data.vols, data.atlas.astype(np.float32), args.batch_size, sampler=sampler,
+                                       segs=data.segs, atlas_seg=data.atlas_seg, **shapes)
     dataset = generators.as_dataset(gen)
     if args.synth_mix:
         from ..synth import mixed_pairs
         real_sampler = generators.Sampler(sampler.seed + 1, start=sampler.start, worker=worker)
-        real = generators.as_dataset(generators.scan_to_scan(real_vols, args.batch_size, sampler=real_sampler,
-                                                             segs=real_segs, **shapes))
+        real = generators.as_dataset(generators.scan_to_scan(data.real_vols, args.batch_size,
+                                                             sampler=real_sampler, segs=data.real_segs, **shapes))
         # both streams advance every step, so a resumed run draws what a straight run would
         dataset = (tf.data.Dataset.zip(dataset, real).enumerate(start=sampler.start)
                    .map(mixed_pairs(sampler.map_seed, args.synth_mix)).prefetch(1))
@@ -319,14 +361,21 @@ def run(args):
     to_targets = _targets_for(model, seg_factor)
     if to_targets is not None:
         dataset = dataset.map(to_targets)
-    if strategy.num_replicas_in_sync > 1:
+    if replicas > 1:
         # every worker draws its own random pairs; nothing to shard
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         dataset = dataset.with_options(options)
+    return dataset
 
-    # only the chief writes checkpoints and logs; other workers keep theirs in a scratch folder
-    out_dir = args.model_dir if is_chief else tempfile.mkdtemp(prefix='vxm_worker_')
+
+def _fit(args, trained, model, dataset, strategy, is_chief, out_dir, loss_fns, loss_weights, initial_epoch):
+    """``fit`` with the callbacks (NaN stop, atomic checkpoint of ``model`` each epoch, CSV log,
+    TensorBoard), or the multi-worker loop; checkpoints and log go to ``out_dir``."""
+    import keras
+    import tensorflow as tf
+
+    from ..callbacks import AtomicCheckpoint
     os.makedirs(out_dir, exist_ok=True)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
@@ -344,12 +393,6 @@ def run(args):
     else:
         trained.fit(dataset, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                     initial_epoch=initial_epoch, callbacks=callbacks, verbose=1, shuffle=False)
-    if trained.stop_training:  # only TerminateOnNaN stops a run early
-        good = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r'\d{4}\.h5', f))
-        fail('training stopped: the loss became NaN or Inf; '
-             + (f'the last good checkpoint is {os.path.join(out_dir, good[-1])}' if good
-                else 'no checkpoint was written'))
-    return 0
 
 
 if __name__ == '__main__':
