@@ -154,6 +154,30 @@ def test_tensorflow_start_up_is_quiet(dataset, tmp_path):
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.strip() == 'False'
 
 
+def test_a_terminated_command_leaves_no_temporary_files(tmp_path):
+    """kill (SIGTERM, what job schedulers send at a time limit) unwinds a command as Ctrl-C does:
+    its temporary outputs are removed, not left hidden beside the user's files (a killed register.py
+    left 80 MB of them), and the exit code says so."""
+    code = f"""
+import os, signal, sys, time
+from vxm_keras.cli import execute
+from vxm_keras.io import atomic_paths
+
+def command(args):
+    with atomic_paths([{str(tmp_path / 'moved.npz')!r}, {str(tmp_path / 'warp.nii.gz')!r}]) as tmps:
+        for tmp in tmps.values():
+            open(tmp, 'w').write('partial')
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+sys.exit(execute(command, None))
+"""
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, (proc.returncode, proc.stderr)
+    assert proc.stderr.strip().splitlines()[-1] == 'terminated'
+    assert os.listdir(tmp_path) == []
+
+
 def test_atomic_writes_name_the_users_file_and_never_race(tmp_path):
     target = tmp_path / 'out.npz'
     with pytest.raises(OSError) as info:

@@ -9,16 +9,31 @@ line on stderr, ``error: <file>: <problem>``, and exit code 2; they never print 
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from .errors import UserError, fail  # noqa: F401  (re-exported for the commands)
 from .runs import check_run_dir, held_locks, initial_epoch, lock_run_dir, release_run_dirs, writes_outputs
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, a job scheduler's time limit): unwinds like Ctrl-C, so temporary
+    outputs are removed and run folders unlocked instead of left behind by an abrupt exit."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def execute(command, args):
     """Run ``command(args)`` and return its exit code; a user error becomes one line on stderr and
-    code 2, an interrupt code 130, any other ``OSError`` (disk full, permissions) one line and code 1."""
+    code 2, an interrupt code 130 (SIGTERM 143), any other ``OSError`` (disk full, permissions) one
+    line and code 1."""
     held = held_locks()
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return command(args) or 0
     except (UserError, FileNotFoundError, FileExistsError) as err:
@@ -27,10 +42,15 @@ def execute(command, args):
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
+    except Terminated:
+        print('terminated', file=sys.stderr)
+        return 143
     except OSError as err:  # not the user's input, but no traceback either
         print(f'error: {err}', file=sys.stderr)
         return 1
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         release_run_dirs(held)
 
 
