@@ -180,3 +180,27 @@ def as_dataset(generator, prefetch=2):
 
     signature = (tuple(spec(a) for a in first_inputs), tuple(spec(a) for a in first_targets))
     return tf.data.Dataset.from_generator(gen, output_signature=signature).prefetch(prefetch)
+
+
+def fashion_mnist(folder, condition, n_images, scale_range, rng):
+    """Images ``(n, 32, 32)`` in [0, 1] (28x28 padded by 2) and attributes ``(n, a)``:
+    one-hot class, plus the zoom factor (centred and scaled to about [-1, 1]) when asked."""
+    from scipy import ndimage
+
+    from .io import load_idx
+    images = load_idx(os.path.join(folder, 'train-images-idx3-ubyte.gz'))[:n_images]
+    labels = load_idx(os.path.join(folder, 'train-labels-idx1-ubyte.gz'))[:n_images]
+    images = np.pad(images.astype(np.float32) / 255.0, ((0, 0), (2, 2), (2, 2)))
+    attributes = None
+    if condition in ('class', 'class+scale'):
+        attributes = np.eye(10, dtype=np.float32)[labels]
+    if condition == 'class+scale':
+        lo, hi = scale_range
+        scales = rng.uniform(lo, hi, len(images)).astype(np.float32)
+        centre = (np.array(images.shape[1:]) - 1) / 2
+        for i, s in enumerate(scales):
+            # output voxel x samples the input at centre + (x - centre) / s: a zoom by s about the centre
+            images[i] = ndimage.affine_transform(images[i], np.eye(2) / s, offset=centre - centre / s, order=1)
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        attributes = np.concatenate([attributes, ((scales - mid) / half)[:, None]], 1)
+    return images, labels, attributes

@@ -183,3 +183,27 @@ def frontier_figure(path, points, affine, titles):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def template_grid(path, templates, rows, cols):
+    """Templates ``(n, *spatial)`` in a grid of ``len(rows)`` x ``len(cols)`` panels (3-D ones by
+    their coronal middle slice), row and column titles from ``rows``, ``cols``; a PNG written
+    atomically."""
+    from .io import atomic_path
+    plt = _backend()
+    n_rows, n_cols = len(rows), len(cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.4 * n_cols + 1, 1.4 * n_rows), squeeze=False)
+    for k, t in enumerate(templates[:n_rows * n_cols]):
+        ax = axes[k // n_cols, k % n_cols]
+        img = t if t.ndim == 2 else mid_slices(t)[2]
+        ax.imshow(np.clip(img, 0, 1), cmap='gray', vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k // n_cols == 0:
+            ax.set_title(cols[k % n_cols], fontsize=8)
+        if k % n_cols == 0:
+            ax.set_ylabel(rows[k // n_cols], fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format='png')
+    plt.close(fig)

@@ -56,31 +56,6 @@ def build_parser():
     return p
 
 
-def fashion_mnist(folder, condition, n_images, scale_range, rng):
-    """Images ``(n, 32, 32)`` in [0, 1] (28x28 padded by 2) and attributes ``(n, a)``:
-    one-hot class, plus the zoom factor (centred and scaled to about [-1, 1]) when asked."""
-    import numpy as np
-    from scipy import ndimage
-
-    from ..io import load_idx
-    images = load_idx(os.path.join(folder, 'train-images-idx3-ubyte.gz'))[:n_images]
-    labels = load_idx(os.path.join(folder, 'train-labels-idx1-ubyte.gz'))[:n_images]
-    images = np.pad(images.astype(np.float32) / 255.0, ((0, 0), (2, 2), (2, 2)))
-    attributes = None
-    if condition in ('class', 'class+scale'):
-        attributes = np.eye(10, dtype=np.float32)[labels]
-    if condition == 'class+scale':
-        lo, hi = scale_range
-        scales = rng.uniform(lo, hi, len(images)).astype(np.float32)
-        centre = (np.array(images.shape[1:]) - 1) / 2
-        for i, s in enumerate(scales):
-            # output voxel x samples the input at centre + (x - centre) / s: a zoom by s about the centre
-            images[i] = ndimage.affine_transform(images[i], np.eye(2) / s, offset=centre - centre / s, order=1)
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        attributes = np.concatenate([attributes, ((scales - mid) / half)[:, None]], 1)
-    return images, labels, attributes
-
-
 def _read_attributes(path, files):
     import numpy as np
     try:
@@ -125,55 +100,18 @@ def run(args):
     import keras
     import numpy as np
 
-    from .. import generators, losses, modelio, networks
+    from .. import generators
     from ..callbacks import AtomicCheckpoint
-    from ..io import atomic_path, load_volfile, save_volfile
 
     if args.seed is not None:
         keras.utils.set_random_seed(args.seed)
-    labels = None
-    if args.fashion_mnist:
-        # the random zooms are part of the data: the same seed gives the same data when resumed
-        images, labels, attributes = fashion_mnist(args.fashion_mnist, args.condition, args.n_images,
-                                                   args.scale_range, np.random.default_rng(args.seed))
-    else:
-        files = generators.list_volumes(args.data_dir, args.train_list)
-        images = generators.load_volumes(files)
-        if args.downsize > 1:
-            from ..templates import downsize_images
-            try:
-                images = downsize_images(images, args.downsize)
-            except ValueError as err:
-                fail(f'--downsize: {err}')
-        attributes = _read_attributes(args.attributes, files) if args.attributes else None
+    images, labels, attributes, files = _training_images(args)
     inshape = images.shape[1:]
     n_attr = 0 if attributes is None else attributes.shape[1]
     print(f'{len(images)} images of shape {inshape}; '
           f'{"conditional on " + str(n_attr) + " attributes" if n_attr else "unconditional"}', flush=True)
-    if args.load_model:
-        model = modelio.load_model(args.load_model)
-        if not isinstance(model, networks.TemplateCreation):
-            fail(f'{args.load_model}: not a template model (train_template.py writes those)')
-        if tuple(model.inshape) != tuple(inshape) or model.n_attributes != n_attr:
-            fail(f'{args.load_model}: a template of shape {tuple(model.inshape)} with {model.n_attributes} '
-                 f'attributes, the data has shape {tuple(inshape)} and {n_attr}')
-    else:
-        try:
-            model = networks.TemplateCreation(inshape, n_attributes=n_attr, int_steps=args.int_steps,
-                                              int_downsize=args.int_downsize, template_init=images.mean(0))
-        except ValueError as err:
-            fail(str(err))
-    model.compile(optimizer=keras.optimizers.Adam(args.lr),
-                  loss=[losses.MSE(image_sigma=args.image_sigma), losses.MSE(),
-                        losses.DisplacementPenalty(args.lambda_d, args.lambda_a)],
-                  loss_weights=[1.0, args.gamma, 1.0])
+    model = _template_model(args, images, n_attr, initial_epoch)
     vel_shape = tuple(model.outputs[2].shape[1:])
-    if args.load_model:
-        from ..callbacks import load_optimizer_state
-        restored = load_optimizer_state(model, args.load_model)
-        print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
-              f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
-
     # the same sampler as train.py: batch k is the same whether the run was resumed or not
     sampler = generators.Sampler(args.seed, start=initial_epoch * args.steps_per_epoch)
 
@@ -191,36 +129,99 @@ def run(args):
                          AtomicCheckpoint(os.path.join(args.model_dir, '{epoch:04d}.h5')),
                          keras.callbacks.CSVLogger(os.path.join(args.model_dir, 'training_log.csv'),
                                                    append=initial_epoch > 0)])
+    out = _write_templates(args, model, images, attributes, labels, files)
+    print(f'wrote {out} and {os.path.join(args.model_dir, "templates.png")}')
+    return 0
 
+
+def _training_images(args):
+    """``(images (n, *spatial), labels or None, attributes (n, a) or None, files or None)``: the
+    Fashion-MNIST subset or the training scans (downsized, with their attributes CSV)."""
+    import numpy as np
+
+    from .. import generators
+    if args.fashion_mnist:
+        # the random zooms are part of the data: the same seed gives the same data when resumed
+        images, labels, attributes = generators.fashion_mnist(args.fashion_mnist, args.condition, args.n_images,
+                                                              args.scale_range, np.random.default_rng(args.seed))
+        return images, labels, attributes, None
+    files = generators.list_volumes(args.data_dir, args.train_list)
+    images = generators.load_volumes(files)
+    if args.downsize > 1:
+        from ..templates import downsize_images
+        try:
+            images = downsize_images(images, args.downsize)
+        except ValueError as err:
+            fail(f'--downsize: {err}')
+    attributes = _read_attributes(args.attributes, files) if args.attributes else None
+    return images, None, attributes, files
+
+
+def _template_model(args, images, n_attr, initial_epoch):
+    """The template model, new (initialised at the images' mean) or resumed from --load-model
+    (checked against the data), compiled with the template losses."""
+    import keras
+
+    from .. import losses, modelio, networks
+    inshape = images.shape[1:]
+    if args.load_model:
+        model = modelio.load_model(args.load_model)
+        if not isinstance(model, networks.TemplateCreation):
+            fail(f'{args.load_model}: not a template model (train_template.py writes those)')
+        if tuple(model.inshape) != tuple(inshape) or model.n_attributes != n_attr:
+            fail(f'{args.load_model}: a template of shape {tuple(model.inshape)} with {model.n_attributes} '
+                 f'attributes, the data has shape {tuple(inshape)} and {n_attr}')
+    else:
+        try:
+            model = networks.TemplateCreation(inshape, n_attributes=n_attr, int_steps=args.int_steps,
+                                              int_downsize=args.int_downsize, template_init=images.mean(0))
+        except ValueError as err:
+            fail(str(err))
+    model.compile(optimizer=keras.optimizers.Adam(args.lr),
+                  loss=[losses.MSE(image_sigma=args.image_sigma), losses.MSE(),
+                        losses.DisplacementPenalty(args.lambda_d, args.lambda_a)],
+                  loss_weights=[1.0, args.gamma, 1.0])
+    if args.load_model:
+        from ..callbacks import load_optimizer_state
+        restored = load_optimizer_state(model, args.load_model)
+        print(f'resuming from {args.load_model} at epoch {initial_epoch}; optimizer state '
+              f'{"restored" if restored else "not in the file, starting fresh"}', flush=True)
+    return model
+
+
+def _write_templates(args, model, images, attributes, labels, files):
+    """``template.npz`` (conditional: the templates of an attribute grid; otherwise the template,
+    with the training labels' majority map when every scan has labels), its NIfTI copy (3-D) and
+    ``templates.png``; returns the ``.npz`` path."""
+    import numpy as np
+
+    from .. import plot
+    from ..io import atomic_path, load_volfile, save_volfile
     out = os.path.join(args.model_dir, 'template.npz')
-    if n_attr:
+    png = os.path.join(args.model_dir, 'templates.png')
+    if attributes is not None:
         grid_attrs, rows, cols = _attribute_grid(args, attributes, labels)
         temps = model.templates(grid_attrs)
         with atomic_path(out) as tmp, open(tmp, 'wb') as f:
             np.savez_compressed(f, templates=temps, attributes=grid_attrs)
-        _grid_png(os.path.join(args.model_dir, 'templates.png'), temps, rows, cols)
+        plot.template_grid(png, temps, rows, cols)
+        return out
+    template = model.templates()
+    extra = None
+    if files is not None and _has_segs(files):
+        from ..templates import downsize_labels, template_segmentation
+        segs = np.stack([load_volfile(f, key='seg') for f in files])
+        segs = downsize_labels(segs, args.downsize)
+        extra = {'seg': template_segmentation(model, images, segs)}
+        print('template seg: the training scans\' labels warped to the template, per-voxel majority')
+    save_volfile(out, template, overwrite=True, extra=extra)
+    if template.ndim == 3:
+        save_volfile(os.path.join(args.model_dir, 'template.nii.gz'), template, overwrite=True)
+        plot.save_figure_atomic(png, plot.slices_figure, [np.clip(template, 0, 1)], ['learned template'],
+                                segs=[extra['seg'] if extra else None])
     else:
-        template = model.templates()
-        extra = None
-        if not args.fashion_mnist and _has_segs(files):
-            from ..templates import downsize_labels, template_segmentation
-            segs = np.stack([load_volfile(f, key='seg') for f in files])
-            segs = downsize_labels(segs, args.downsize)
-            extra = {'seg': template_segmentation(model, images, segs)}
-            print('template seg: the training scans\' labels warped to the template, per-voxel majority')
-        save_volfile(out, template, overwrite=True, extra=extra)
-        if template.ndim == 3:
-            save_volfile(os.path.join(args.model_dir, 'template.nii.gz'), template, overwrite=True)
-        png = os.path.join(args.model_dir, 'templates.png')
-        if template.ndim == 3:
-            from ..plot import save_figure_atomic, slices_figure
-            save_figure_atomic(png, slices_figure, [np.clip(template, 0, 1)], ['learned template'],
-                               segs=[extra['seg'] if extra else None])
-        else:
-            _grid_png(png, template[None], [''], [''])
-    print(f'wrote {out} and {os.path.join(args.model_dir, "templates.png")}')
-    return 0
-
+        plot.template_grid(png, template[None], [''], [''])
+    return out
 
 
 def _has_segs(files):
@@ -260,32 +261,6 @@ def _attribute_grid(args, attributes, labels):
         return np.eye(10, dtype=np.float32), [''], names
     unique = np.unique(attributes, axis=0)[:8]
     return unique, [''], [', '.join(f'{v:.2g}' for v in row) for row in unique]
-
-
-def _grid_png(path, templates, rows, cols):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ..io import atomic_path
-    from ..plot import mid_slices
-    n_rows, n_cols = len(rows), len(cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.4 * n_cols + 1, 1.4 * n_rows), squeeze=False)
-    for k, t in enumerate(templates[:n_rows * n_cols]):
-        ax = axes[k // n_cols, k % n_cols]
-        img = t if t.ndim == 2 else mid_slices(t)[2]
-        ax.imshow(np.clip(img, 0, 1), cmap='gray', vmin=0, vmax=1)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if k // n_cols == 0:
-            ax.set_title(cols[k % n_cols], fontsize=8)
-        if k % n_cols == 0:
-            ax.set_ylabel(rows[k // n_cols], fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format='png')
-    plt.close(fig)
 
 
 if __name__ == '__main__':
