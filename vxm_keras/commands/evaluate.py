@@ -92,8 +92,8 @@ def run(args):
 
     from .. import modelio, networks
     from ..generators import list_volumes
-    from ..io import load_volfile
-    from ..metrics import PAPER_LABELS, folding_fraction
+    from ..metrics import PAPER_LABELS
+    from ..registration import COARSE_STEPS, FINE_STEPS
 
     files = list_volumes(args.data_dir, args.test_list)
     scans = load_scans(files)
@@ -106,25 +106,52 @@ def run(args):
              f'(they hold {" ".join(map(str, sorted(present - {0})[:40]))})')
     if isinstance(model, networks.TemplateCreation):
         return _evaluate_template(args, model, inshape, scans, labels)
-    atlas_mode = args.atlas.lower() != 'none'
-    if atlas_mode:
-        atlas = load_volfile(args.atlas, check_finite=True).astype(np.float32)
-        atlas_seg = load_volfile(args.atlas, key='seg').astype(np.int32)
-        atlas_tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
-        if atlas.shape != inshape:
-            fail(f'{args.atlas}: shape {atlas.shape}, but the model {args.model} takes {inshape}; '
+    atlas = _check_evaluation_set(args, inshape, scans)
+    register = _registering(args, model)
+    if atlas is not None:
+        rows, folding, seconds, peer_seconds = _score_to_atlas(register, scans, labels, *atlas)
+    else:
+        rows, folding, seconds, peer_seconds = _score_pairs(args, register, scans, labels)
+    options = check_registration(args)
+    title = '30 structures' + (' (atlas space, pairs of test scans)' if atlas is not None else '')
+    report = _report(rows, labels, folding, seconds, title, args.model, peer_seconds=peer_seconds,
+                     options=dict(options, coarse=options.get('coarse', COARSE_STEPS),
+                                  fine=options.get('fine', FINE_STEPS)) if args.optimize else options)
+    print(report)
+    if args.out_dir:
+        _write_outputs(args.out_dir, rows, report, labels)
+    return 0
+
+
+def _check_evaluation_set(args, inshape, scans):
+    """The atlas ``(vol, seg)`` (``None`` for scan-to-scan pairs), checked with the test scans
+    against the model's input shape and the options."""
+    import numpy as np
+
+    from ..io import load_volfile
+    atlas = None
+    if args.atlas.lower() != 'none':
+        vol = load_volfile(args.atlas, check_finite=True).astype(np.float32)
+        seg = load_volfile(args.atlas, key='seg').astype(np.int32)
+        if vol.shape != inshape:
+            fail(f'{args.atlas}: shape {vol.shape}, but the model {args.model} takes {inshape}; '
                  "pass the atlas it was trained with (--atlas), or --atlas none for scan-to-scan pairs")
+        atlas = (vol, seg)
     elif len(scans) < 2:
         fail('scan-to-scan evaluation needs at least 2 test scans')
     for name, vol, _ in scans:
         if vol.shape != inshape:
             fail(f'{name}: shape {vol.shape}, the model takes {inshape}')
-    if atlas_mode and (args.peers or args.invert_contrast or args.synthetic):
+    if atlas is not None and (args.peers or args.invert_contrast or args.synthetic):
         fail('--peers, --invert-contrast and --synthetic are for scan-to-scan evaluation (--atlas none)')
     if args.peers and importlib.util.find_spec('ants') is None:
         fail("--peers needs antspyx: pip install -e '.[peers]'")
-    peer_seconds = []
-    from ..registration import COARSE_STEPS, FINE_STEPS, Registration
+    return atlas
+
+
+def _registering(args, model):
+    """``register(moving, fixed, seg) -> (moved_seg, warp, seconds)`` with the command's options."""
+    from ..registration import Registration
     try:
         reg = Registration(model)
     except ValueError as err:
@@ -136,49 +163,55 @@ def run(args):
         result = reg.register(moving, fixed, **options)
         moved_seg = reg.warp_labels(seg, result.warp)
         return moved_seg, result.warp, time.perf_counter() - t
+    return register
 
-    rows, folding, seconds = [], [], []
 
-    if atlas_mode:
-        warped = {}
-        for name, vol, seg in scans:
-            moved_seg, warp, sec = register(vol, atlas, seg)
-            seconds.append(sec)
-            folding.append(folding_fraction(warp))
-            warped[name] = (seg, moved_seg)
-            tissue_pair = f'{name}->atlas (tissue)'
-            rows += score_rows(tissue_pair, 'tissue', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels)
-            rows += score_rows(tissue_pair, 'tissue', 'model', aseg_to_tissue(moved_seg), atlas_seg,
-                               atlas_tissue_labels)
-        for a, b in itertools.combinations(warped, 2):
-            common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
-            rows += score_rows(f'{a}~{b} (atlas space)', 'pairs', 'affine', warped[a][0], warped[b][0], common)
-            rows += score_rows(f'{a}~{b} (atlas space)', 'pairs', 'model', warped[a][1], warped[b][1], common)
-    else:
-        peer = ants_syn if args.peers else None
-        for pair, kind, (va, sa), (vb, sb) in scan_pairs(scans, args.invert_contrast, args.synthetic):
-            common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
-            moved_seg, warp, sec = register(va, vb, sa)
-            seconds.append(sec)
-            folding.append(folding_fraction(warp))
-            rows += score_rows(pair, kind, 'affine', sa, sb, common)
-            rows += score_rows(pair, kind, 'model', moved_seg, sb, common)
-            print(f'{pair}: model {_pair_mean(rows, pair, "model"):.3f} '
-                  f'(affine {_pair_mean(rows, pair, "affine"):.3f}), {sec:.1f} s', flush=True)
-            if peer is not None:
-                peer_seg, peer_sec = peer(va, vb, sa)
-                rows += score_rows(pair, kind, 'ants', peer_seg, sb, common)
-                peer_seconds.append(peer_sec)
-                print(f'{pair}: ANTs SyN {_pair_mean(rows, pair, "ants"):.3f}, {peer_sec:.1f} s', flush=True)
+def _score_to_atlas(register, scans, labels, atlas, atlas_seg):
+    """Each scan to the atlas: tissue Dice against the atlas, and structure Dice between every two
+    scans once both are in atlas space. Returns ``(rows, folding, seconds, peer_seconds)``."""
+    import numpy as np
 
-    title = '30 structures' + (' (atlas space, pairs of test scans)' if atlas_mode else '')
-    report = _report(rows, labels, folding, seconds, title, args.model, peer_seconds=peer_seconds,
-                     options=dict(options, coarse=options.get('coarse', COARSE_STEPS),
-                                  fine=options.get('fine', FINE_STEPS)) if args.optimize else options)
-    print(report)
-    if args.out_dir:
-        _write_outputs(args.out_dir, rows, report, labels)
-    return 0
+    from ..metrics import folding_fraction
+    atlas_tissue_labels = sorted(set(np.unique(atlas_seg)) - {0})
+    rows, folding, seconds, warped = [], [], [], {}
+    for name, vol, seg in scans:
+        moved_seg, warp, sec = register(vol, atlas, seg)
+        seconds.append(sec)
+        folding.append(folding_fraction(warp))
+        warped[name] = (seg, moved_seg)
+        tissue_pair = f'{name}->atlas (tissue)'
+        rows += score_rows(tissue_pair, 'tissue', 'affine', aseg_to_tissue(seg), atlas_seg, atlas_tissue_labels)
+        rows += score_rows(tissue_pair, 'tissue', 'model', aseg_to_tissue(moved_seg), atlas_seg,
+                           atlas_tissue_labels)
+    for a, b in itertools.combinations(warped, 2):
+        common = [lab for lab in labels if np.any(warped[a][0] == lab) and np.any(warped[b][0] == lab)]
+        rows += score_rows(f'{a}~{b} (atlas space)', 'pairs', 'affine', warped[a][0], warped[b][0], common)
+        rows += score_rows(f'{a}~{b} (atlas space)', 'pairs', 'model', warped[a][1], warped[b][1], common)
+    return rows, folding, seconds, []
+
+
+def _score_pairs(args, register, scans, labels):
+    """Scan-to-scan pairs (with inverted-contrast and known-deformation sets), and ANTs SyN on the
+    same pairs with --peers. Returns ``(rows, folding, seconds, peer_seconds)``."""
+    import numpy as np
+
+    from ..metrics import folding_fraction
+    rows, folding, seconds, peer_seconds = [], [], [], []
+    for pair, kind, (va, sa), (vb, sb) in scan_pairs(scans, args.invert_contrast, args.synthetic):
+        common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
+        moved_seg, warp, sec = register(va, vb, sa)
+        seconds.append(sec)
+        folding.append(folding_fraction(warp))
+        rows += score_rows(pair, kind, 'affine', sa, sb, common)
+        rows += score_rows(pair, kind, 'model', moved_seg, sb, common)
+        print(f'{pair}: model {_pair_mean(rows, pair, "model"):.3f} '
+              f'(affine {_pair_mean(rows, pair, "affine"):.3f}), {sec:.1f} s', flush=True)
+        if args.peers:
+            peer_seg, peer_sec = ants_syn(va, vb, sa)
+            rows += score_rows(pair, kind, 'ants', peer_seg, sb, common)
+            peer_seconds.append(peer_sec)
+            print(f'{pair}: ANTs SyN {_pair_mean(rows, pair, "ants"):.3f}, {peer_sec:.1f} s', flush=True)
+    return rows, folding, seconds, peer_seconds
 
 
 def _evaluate_template(args, model, inshape, scans, labels):
