@@ -3,7 +3,8 @@
 The refinement is the instance-specific optimisation of the TMI 2019 paper: Adam steps of
 ``-similarity(F, M o phi) + lambda * mean ||grad field||^2`` on the predicted field, coarse to
 fine. Each default was chosen on training subjects (never on the validation pairs); the
-measurements behind them are in models/README.md ("Choosing the refinement defaults").
+measurements behind them are in models/README.md ("Choosing the refinement defaults"), earlier
+defaults in CHANGELOG.md.
 register.py, test.py, :func:`vxm_keras.register` and
 :meth:`vxm_keras.registration.Registration.register` all take their defaults from here, and the
 command-line help is written from :data:`HELP`.

@@ -1,7 +1,7 @@
 """Where a VM-2 training step spends its time at the shipped configuration (U-Net on the
 half-resolution pair, field upsampled, warp and NCC at 160x192x224), and what bfloat16 buys.
 
-    python bench/training_step.py --policy float32 mixed_bfloat16 --out bench/TRAINING_STEP.md
+    python -m vxm_keras.bench.training_step --policy float32 mixed_bfloat16 --out bench/TRAINING_STEP.md
 
 Each part is timed forward + backward on its own (best of 4 after a warm-up), each policy in its
 own process; the U-Net's FLOPs are counted from its convolutions (2 k^3 c_in c_out per output
@@ -102,8 +102,8 @@ def main():
         return 0
     results = []
     for policy in args.policy:
-        proc = subprocess.run([sys.executable, __file__, '--worker', policy], capture_output=True, text=True,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+        proc = subprocess.run([sys.executable, '-m', 'vxm_keras.bench.training_step', '--worker', policy],
+                              capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
         if proc.returncode:
             raise SystemExit(proc.stderr[-2000:])
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
