@@ -93,3 +93,26 @@ def test_the_library_never_imports_the_commands():
     upward = {module: sorted(t for t in targets if _in_command_layer(t))
               for module, targets in graph.items() if not _in_command_layer(module)}
     assert {m: t for m, t in upward.items() if t} == {}
+
+
+# the library's modules a user imports (not the commands, not internal plumbing)
+PUBLIC = ('affine', 'augment', 'callbacks', 'device', 'errors', 'evaluation', 'generators', 'grid', 'io', 'layers',
+          'losses', 'metrics', 'modelio', 'native', 'networks', 'optim', 'outputs', 'pipeline', 'plot', 'prepare',
+          'registration', 'runs', 'settings', 'shipped', 'spatial', 'synth', 'templates', 'transforms', 'unet')
+
+
+def test_public_modules_say_what_they_export_and_document_it():
+    import importlib
+    import inspect
+    undocumented, missing, absent = [], [], []
+    for name in PUBLIC:
+        module = importlib.import_module(f'vxm_keras.{name}')
+        if not hasattr(module, '__all__'):
+            absent.append(name)
+            continue
+        missing += [f'{name}.{n}' for n in module.__all__ if not hasattr(module, n)]
+        for n in module.__all__:
+            obj = getattr(module, n, None)
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and not inspect.getdoc(obj):
+                undocumented.append(f'{name}.{n}')
+    assert (absent, missing, undocumented) == ([], [], [])

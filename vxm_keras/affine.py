@@ -35,6 +35,9 @@ import tensorflow as tf
 from . import spatial
 from .optim import adam_update
 
+__all__ = ['RADIUS', 'DEFAULT_LEVELS', 'LOSSES', 'AffineResult', 'voxel_sizes', 'robust_scale', 'center_of_mass',
+           'pooled', 'linear_part', 'params_to_matrix', 'MI_BINS', 'mutual_information', 'align']
+
 # the scale (mm) that turns rotations, scalings and shears into displacements: a unit step of
 # any parameter moves points at this distance from the centre by about 1 mm, so one Adam step
 # size suits all of them

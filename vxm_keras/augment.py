@@ -21,6 +21,9 @@ import tensorflow as tf
 
 from . import spatial
 
+__all__ = ['LEFT_RIGHT', 'Augmentation', 'affine_matrix', 'affine_displacement', 'random_deformation',
+           'swap_hemispheres', 'augment_intensity', 'augment_spatial', 'augment_scan', 'pair_augmenter']
+
 # FreeSurfer aseg left labels and their right counterparts (cortex, white matter, ventricles,
 # cerebellum, thalamus, caudate, putamen, pallidum, hippocampus, amygdala, accumbens,
 # ventral DC, vessel, choroid plexus)

@@ -12,6 +12,8 @@ from .runs import EPOCH_ATTR
 from .io import atomic_path
 from .modelio import save_full
 
+__all__ = ['save_optimizer_state', 'load_optimizer_state', 'AtomicCheckpoint']
+
 # HDF5 group where checkpoints keep the optimizer's variables (Adam moments, step count)
 _OPTIMIZER_GROUP = 'vxm_optimizer_state'
 

@@ -16,6 +16,8 @@ import sys
 
 from .errors import fail
 
+__all__ = ['ONEDNN_VARIABLE', 'prefer_onednn', 'setup_device', 'start_tensorflow', 'start_training_tensorflow']
+
 ONEDNN_VARIABLE = 'TF_ENABLE_ONEDNN_OPTS'
 _X86 = ('x86_64', 'amd64', 'i386', 'i686', 'x86')
 

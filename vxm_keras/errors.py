@@ -5,6 +5,8 @@ with a traceback; every message names the file or the flag and the problem. It s
 ``ValueError``, so code that calls the library and catches ``ValueError`` keeps working.
 """
 
+__all__ = ['UserError', 'fail']
+
 
 class UserError(ValueError):
     """An input (file, flag, pair of scans) that cannot be used; the message says which and why."""

@@ -19,6 +19,8 @@ import numpy as np
 
 from .errors import UserError
 
+__all__ = ['load_scans', 'invert_contrast', 'scan_pairs', 'ants_syn', 'score_rows', 'summarise', 'read_scores']
+
 
 def load_scans(files):
     """Test scans ``[(name, vol, seg)]`` (float32, int32) from prepared ``.npz`` files (``vol``,

@@ -12,6 +12,9 @@ import numpy as np
 
 from .io import VolumeError, load_volfile
 
+__all__ = ['list_volumes', 'load_volumes', 'Sampler', 'scan_to_atlas', 'scan_to_scan', 'zeros_shape',
+           'as_dataset', 'fashion_mnist']
+
 
 def list_volumes(data_dir=None, train_list=None, pattern='*.npz'):
     """Training files from a folder (``pattern`` inside it) or a text file with one path per line.

@@ -18,6 +18,10 @@ import numpy as np
 
 from .errors import UserError
 
+__all__ = ['EXTENSIONS', 'DEFAULT_NPZ_KEYS', 'InputFileError', 'VolumeError', 'ModelFileError', 'TEMP_PATTERN',
+           'atomic_path', 'atomic_paths', 'volume_extension', 'MAX_ARRAY_BYTES', 'WORKING_BYTES_PER_VOXEL',
+           'available_memory', 'load_volfile', 'save_volfile', 'load_idx']
+
 EXTENSIONS = ('.npz', '.npy', '.nii', '.nii.gz', '.mgz')
 # keys tried, in order, when an npz is read without an explicit key
 DEFAULT_NPZ_KEYS = ('vol', 'vol_data')

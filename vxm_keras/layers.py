@@ -12,6 +12,9 @@ import tensorflow as tf
 
 from . import spatial
 
+__all__ = ['SpatialTransformer', 'VecInt', 'RescaleTransform', 'SampleNormal', 'Subsample', 'OneHot',
+           'LearnedTemplate', 'MeanStream', 'UpsampleConcatConv']
+
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
 
 

@@ -15,6 +15,9 @@ import tensorflow as tf
 from .fusion import fused as _fused
 from .spatial import box_sum
 
+__all__ = ['NCC', 'mind_pairs', 'mind_ssc', 'MIND', 'MSE', 'forward_differences', 'Grad', 'Dice',
+           'DisplacementPenalty', 'degree_matrix', 'KL', 'IMAGE_LOSSES']
+
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
 
 

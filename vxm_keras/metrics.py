@@ -7,6 +7,9 @@ is ``x -> x + u(x)``.
 
 import numpy as np
 
+__all__ = ['PAPER_LABELS', 'ASEG_TISSUE', 'TISSUE_NAMES', 'STRUCTURES', 'aseg_to_tissue', 'dice',
+           'jacobian_determinant', 'folding_fraction']
+
 # the 30 aseg structures evaluated in the VoxelMorph papers
 PAPER_LABELS = (2, 3, 4, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 28, 31,
                 41, 42, 43, 46, 47, 49, 50, 51, 52, 53, 54, 60, 63)

@@ -16,6 +16,8 @@ import numpy as np
 
 from .io import ModelFileError, atomic_path
 
+__all__ = ['save_model', 'save_full', 'load_model', 'transfer_weights', 'count_params']
+
 # the architecture record stored in .weights.h5 files written by save_model
 _CONFIG_ATTR = 'vxm_keras_model'
 

@@ -38,6 +38,10 @@ from .errors import UserError
 # the transform files (kept importable from here, where they lived first)
 from .transforms import load_itk_affine, load_itk_warp, save_itk_affine, save_itk_warp, save_ras_warp  # noqa: F401
 
+__all__ = ['SLAB', 'GRID_TOLERANCE', 'MAX_OUTSIDE', 'MIN_CORRELATION', 'AlignmentError', 'Scan', 'Placement',
+           'on_grid', 'off_grid_reason', 'assumed_grid_note', 'place', 'align_to', 'outside_fraction',
+           'map_points', 'sample', 'Chain', 'on_moving_grid', 'NativeResult', 'register_scans', 'place_fixed']
+
 # slices of the output grid resampled at a time: bounds the memory of a 0.5 mm scan
 SLAB = 32
 # at most this far (mm) from the grid's affine a scan still counts as on the grid

@@ -17,6 +17,9 @@ from .layers import (LearnedTemplate, MeanStream, OneHot, RescaleTransform, Samp
 
 from .unet import _conv, _upsample, check_inshape, conv_block, unet_core, up_block  # noqa: F401
 
+__all__ = ['VM1_ENC', 'VM1_DEC', 'VM2_ENC', 'VM2_DEC', 'RegistrationModel', 'VxmDense', 'VxmDenseProb',
+           'TemplateCreation', 'seg_supervised', 'vm2diff', 'vxm_net', 'vm1', 'vm2', 'nn_transformer']
+
 _register = keras.saving.register_keras_serializable(package='vxm_keras')
 
 VM1_ENC = (16, 32, 32, 32)

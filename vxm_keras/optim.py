@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+__all__ = ['adam_update']
+
 
 def adam_update(variable, m, v, grad, lr, t, beta1=0.9, beta2=0.999, eps=1e-8):
     """One Adam step on ``variable`` with moment variables ``m`` and ``v`` (same shape);

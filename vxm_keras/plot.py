@@ -2,6 +2,9 @@
 
 import numpy as np
 
+__all__ = ['mid_slices', 'label_boundaries', 'slices_figure', 'dice_and_folding_figure', 'save_figure_atomic',
+           'METHOD_STYLES', 'dice_boxplot', 'frontier_figure', 'template_grid']
+
 
 def _backend():
     import matplotlib

@@ -29,6 +29,9 @@ from scipy import ndimage
 from .grid import TARGET_AFFINE, TARGET_SHAPE  # noqa: F401  (re-exported: scripts import them from here)
 from .io import VolumeError, load_volfile, save_volfile
 
+__all__ = ['NORM_PERCENTILE', 'read_xfm', 'resample', 'normalise', 'prepare_volume', 'prepare_freesurfer_subject',
+           'talairach_file', 'write_prepared', 'seg_path', 'is_freesurfer_subject']
+
 # intensities are divided by this percentile of the non-zero voxels, then clipped
 NORM_PERCENTILE = 99.5
 

@@ -41,6 +41,9 @@ from .modelio import load_model
 from .networks import RegistrationModel
 from .optim import adam_update
 
+__all__ = ['DEFAULT_LR', 'OPT_LAMBDA', 'COARSE_STEPS', 'FINE_STEPS', 'FINE_LAMBDA', 'IMAGE_LOSS_WEIGHTS',
+           'IMAGE_LOSSES', 'Result', 'compose', 'Registration']
+
 # the refinement's defaults, owned by vxm_keras.settings (the measurements behind them: models/README.md)
 DEFAULT_LR = settings.DEFAULT.lr
 OPT_LAMBDA = settings.DEFAULT.lam

@@ -10,6 +10,9 @@ import re
 
 from .errors import fail
 
+__all__ = ['EPOCH_ATTR', 'CHECKPOINT_NAME', 'initial_epoch', 'check_run_dir', 'writes_outputs', 'lock_run_dir',
+           'held_locks', 'release_run_dirs']
+
 
 # the attribute in which AtomicCheckpoint records the epoch a checkpoint ends
 EPOCH_ATTR = 'vxm_keras_epoch'

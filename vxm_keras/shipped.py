@@ -12,6 +12,8 @@ import os
 import site
 import sys
 
+__all__ = ['REPO', 'SHARE', 'shipped_file', 'DEFAULT_ATLAS', 'DEFAULT_MODEL']
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARE = os.path.join('share', 'vxm-keras')
 

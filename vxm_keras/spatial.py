@@ -20,6 +20,8 @@ import tensorflow as tf
 
 from .fusion import fused
 
+__all__ = ['interpn', 'transform', 'integrate_velocity', 'rescale_field', 'upsample_linear', 'box_sum']
+
 
 def interpn(vol, loc, interp_method='linear', fill_value=None):
     """Sample a batch of volumes at arbitrary (fractional) voxel locations.

@@ -21,6 +21,9 @@ import tensorflow as tf
 
 from . import augment
 
+__all__ = ['BRAIN_LABEL_LIMIT', 'LUT_SIZE', 'Synthesis', 'brain_only', 'fit_to_grid', 'load_label_maps',
+           'synth_image', 'synth_scan', 'pair_synthesizer', 'label_statistics', 'mixed_pairs']
+
 # labels at or above this are extra-cerebral in whole-head maps (SynthSeg's 5xx, and the
 # optic chiasm, vessels, ... of 8x-16x): removed, as skull stripping removes them from scans
 BRAIN_LABEL_LIMIT = 80

@@ -5,6 +5,8 @@ Arrays are numpy: images ``(n, *spatial)``, label maps ``(n, *spatial)`` int.
 
 import numpy as np
 
+__all__ = ['majority_vote', 'template_segmentation', 'downsize_images', 'downsize_labels', 'template_to_subjects']
+
 
 def majority_vote(segs):
     """Per-voxel most frequent label of ``(n, *spatial)`` label maps (ties: the smaller label)."""

@@ -5,6 +5,8 @@ import keras
 
 from .layers import UpsampleConcatConv
 
+__all__ = ['conv_block', 'up_block', 'check_inshape', 'unet_core']
+
 
 def _conv(ndim):
     return {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[ndim]

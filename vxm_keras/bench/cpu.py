@@ -101,7 +101,7 @@ def render(results):
     """Markdown of :func:`collect`'s results."""
     syn = results.get('syn') or {}
     syn_s = syn.get('seconds')
-    lines = [f'# The default registration on this CPU', '',
+    lines = ['# The default registration on this CPU', '',
              f'Machine: {results.get("machine", "")}', '',
              f'CPU flags: {results.get("cpu", "")}', '',
              f'Command: `{results.get("command", "")}`', '',
