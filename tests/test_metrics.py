@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vxm_keras.metrics import dice, folding_fraction, jacobian_determinant
+from vxm_keras.metrics import dice, folding_fraction, jacobian_determinant, wmparc_to_aseg
 
 
 def test_dice_hand_counts():
@@ -49,3 +49,25 @@ def test_identity_and_folding_detected():
 def test_jacobian_rejects_bad_shapes():
     with pytest.raises(ValueError, match='ndim'):
         jacobian_determinant(np.zeros((5, 5, 5, 2)))
+
+
+def test_wmparc_to_aseg_voxel_by_voxel(rng):
+    """Against FreeSurfer's numbering, one voxel at a time: ctx-lh-* 1000-1035 -> 3, ctx-rh-*
+    2000-2035 -> 42, wm-lh-* 3000-3035 -> 2, wm-rh-* 4000-4035 -> 41, Left/Right-UnsegmentedWhiteMatter
+    5001/5002 -> 2/41, subcortical labels as they are."""
+    def by_hand(label):
+        if 1000 <= label < 2000:
+            return 3
+        if 2000 <= label < 3000:
+            return 42
+        if 3000 <= label < 4000 or label == 5001:
+            return 2
+        if 4000 <= label < 5000 or label == 5002:
+            return 41
+        return label
+    values = np.array([0, 2, 4, 10, 17, 41, 53, 77, 999, 1000, 1035, 2000, 2035, 3001, 3999, 4000, 4035, 5001,
+                       5002, 5003])
+    seg = rng.choice(values, size=(6, 7, 5))
+    mapped = wmparc_to_aseg(seg.astype(np.float32))
+    assert mapped.dtype == np.int32
+    np.testing.assert_array_equal(mapped, np.vectorize(by_hand)(seg))

@@ -7,7 +7,7 @@ is ``x -> x + u(x)``.
 
 import numpy as np
 
-__all__ = ['PAPER_LABELS', 'ASEG_TISSUE', 'TISSUE_NAMES', 'STRUCTURES', 'aseg_to_tissue', 'dice',
+__all__ = ['PAPER_LABELS', 'ASEG_TISSUE', 'TISSUE_NAMES', 'STRUCTURES', 'aseg_to_tissue', 'wmparc_to_aseg', 'dice',
            'jacobian_determinant', 'folding_fraction']
 
 # the 30 aseg structures evaluated in the VoxelMorph papers
@@ -42,6 +42,19 @@ def aseg_to_tissue(seg):
     out = np.zeros(seg.shape, np.int32)
     inside = (seg >= 0) & (seg < len(lut))
     out[inside] = lut[seg[inside]]
+    return out
+
+
+def wmparc_to_aseg(seg):
+    """A FreeSurfer wmparc ``(*spatial)`` in aseg numbering: cortical parcels (1000s left, 2000s
+    right) to cortex 3 / 42, white-matter parcels (3000s left, 4000s right) and unsegmented white
+    matter (5001 / 5002) to white matter 2 / 41; the subcortical labels stay. int32."""
+    seg = np.asarray(seg).astype(np.int32)
+    out = seg.copy()
+    for low, value in ((1000, 3), (2000, 42), (3000, 2), (4000, 41)):
+        out[(seg >= low) & (seg < low + 1000)] = value
+    out[seg == 5001] = 2
+    out[seg == 5002] = 41
     return out
 
 

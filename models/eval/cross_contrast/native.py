@@ -25,12 +25,7 @@ MODEL = os.path.join(REPO, 'models', 'vm2_scan2scan.h5')
 
 t1, affine = load_volfile(f'{FOLDER}/MNI152_T1_1mm_brain.nii.gz', ret_affine=True)
 t2 = load_volfile(f'{FOLDER}/MNI152_T2_1mm_brain.nii.gz')
-lab = np.rint(load_volfile(f'{FOLDER}/Avgwmparc.nii.gz')).astype(np.int32)
-# wmparc to aseg numbering: cortical parcels to cortex (3/42), white-matter parcels to white matter (2/41)
-lab = np.where((lab >= 1000) & (lab < 2000), 3, lab)
-lab = np.where((lab >= 2000) & (lab < 3000), 42, lab)
-lab = np.where(((lab >= 3000) & (lab < 4000)) | (lab == 5001), 2, lab)
-lab = np.where(((lab >= 4000) & (lab < 5000)) | (lab == 5002), 41, lab)
+lab = metrics.wmparc_to_aseg(np.rint(load_volfile(f'{FOLDER}/Avgwmparc.nii.gz')))
 labels = [k for k in metrics.PAPER_LABELS if np.any(lab == k)]
 aug = augment.Augmentation(rotation=0, scaling=0, shear=0, translation=0, warp_std=4.0, warp_spacing=24,
                            flip_axis=None)

@@ -17,11 +17,7 @@ cache = os.environ.get('CACHE', '/tmp/vxm_multicontrast.npz')  # the T1, T2, lab
 if not os.path.exists(cache):
     t1, aff = load_volfile(f'{D}/MNI152_T1_1mm_brain.nii.gz', ret_affine=True)
     t2 = load_volfile(f'{D}/MNI152_T2_1mm_brain.nii.gz')
-    lab = np.rint(load_volfile(f'{D}/Avgwmparc.nii.gz')).astype(np.int32)
-    lab = np.where((lab >= 1000) & (lab < 2000), 3, lab)
-    lab = np.where((lab >= 2000) & (lab < 3000), 42, lab)
-    lab = np.where(((lab >= 3000) & (lab < 4000)) | (lab == 5001), 2, lab)
-    lab = np.where(((lab >= 4000) & (lab < 5000)) | (lab == 5002), 41, lab)
+    lab = metrics.wmparc_to_aseg(np.rint(load_volfile(f'{D}/Avgwmparc.nii.gz')))
     v1 = normalise(resample(t1.astype(np.float32), aff))
     v2 = normalise(resample(t2.astype(np.float32), aff))
     seg = resample(lab, aff, order=0)
