@@ -2,7 +2,8 @@
 
 * :func:`load_scans`: test scans with their labels, prepared files or FreeSurfer folders;
 * :func:`scan_pairs`: every ordered pair of test scans, the same with the moving scan's contrast
-  inverted (:func:`invert_contrast`), and each scan warped by known random deformations;
+  inverted (:func:`invert_contrast`) or made T2-like from its labels (:func:`t2_like`), and each
+  scan warped by known random deformations;
 * :func:`ants_syn`: ANTs SyN with antspyx's defaults on one pair, labels carried along;
 * :func:`score_rows` / :func:`summarise`: Dice rows per pair, method and label, and their mean
   (std over pairs).
@@ -19,7 +20,7 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ['load_scans', 'invert_contrast', 'scan_pairs', 'ants_syn', 'score_rows', 'summarise', 'read_scores']
+__all__ = ['load_scans', 'invert_contrast', 'T2_LIKE', 't2_like', 'scan_pairs', 'ants_syn', 'score_rows', 'summarise', 'read_scores']
 
 
 def load_scans(files):
@@ -53,11 +54,42 @@ def invert_contrast(vol):
     return np.where(vol > 0, 1.0 - vol, 0.0).astype(np.float32)
 
 
-def scan_pairs(scans, invert=False, synthetic=0, seed=0):
+# T2-weighted order of the tissue classes of metrics.ASEG_TISSUE: CSF brightest, then grey matter,
+# white matter darkest (the reverse of T1's order except for the grey/white contrast's size)
+T2_LIKE = {1: 0.95, 2: 0.55, 3: 0.3}
+
+
+def t2_like(vol, seg, seed=0, noise=0.02, bias_std=0.1, blur=0.7):
+    """A T2-like scan of the anatomy of a T1 scan ``vol`` with aseg labels ``seg``: each labelled
+    tissue class takes its :data:`T2_LIKE` intensity, brain voxels without a label (sulcal CSF,
+    remnants of dura) the inverted T1 intensity; then a Gaussian blur of ``blur`` voxels (partial
+    volume), a smooth multiplicative bias field (log std ``bias_std``, control points every 32
+    voxels), Gaussian noise of std ``noise``, clipped to [0, 1] and zero outside the brain
+    (``vol == 0``). Not a monotone map of the T1: local NCC cannot undo it, as it can undo
+    :func:`invert_contrast`. ``seed`` makes it repeatable."""
+    from scipy import ndimage
+
+    from .metrics import aseg_to_tissue
+    vol = np.asarray(vol, np.float32)
+    rng = np.random.default_rng(seed)
+    lut = np.zeros(4, np.float32)
+    for tissue, value in T2_LIKE.items():
+        lut[tissue] = value
+    tissue = aseg_to_tissue(seg)
+    image = np.where(tissue > 0, lut[tissue], 1.0 - vol).astype(np.float32)
+    image = ndimage.gaussian_filter(image, blur)
+    coarse = rng.normal(0.0, bias_std, [max(2, n // 32 + 2) for n in vol.shape])
+    bias = np.exp(ndimage.zoom(coarse, [n / c for n, c in zip(vol.shape, coarse.shape)], order=3))
+    image = image * bias[tuple(slice(0, n) for n in vol.shape)] + rng.normal(0.0, noise, vol.shape)
+    return np.where(vol > 0, np.clip(image, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def scan_pairs(scans, invert=False, synthetic=0, seed=0, t2=False):
     """Evaluation pairs ``(name, set, (moving, moving_seg), (fixed, fixed_seg))``.
 
     ``scans`` are ``(name, vol, seg)``. Every ordered pair of scans (set ``pairs``), then
-    (``invert``) the same with the moving contrast inverted (``inverted``), then (``synthetic``)
+    (``invert``) the same with the moving contrast inverted (``inverted``), then (``t2``) the same
+    with the moving scan made T2-like from its labels (:func:`t2_like`, set ``t2like``), then (``synthetic``)
     per scan that many copies warped with their labels by known random smooth deformations
     (:mod:`vxm_keras.augment`, seeded by ``seed``, the scan's index and the copy: up to about
     10 voxels), each registered back to its scan (``synthetic``).
@@ -67,6 +99,9 @@ def scan_pairs(scans, invert=False, synthetic=0, seed=0):
     if invert:
         for (na, va, sa), (nb, vb, sb) in itertools.permutations(scans, 2):
             yield f'{na}(inverted)->{nb}', 'inverted', (invert_contrast(va), sa), (vb, sb)
+    if t2:
+        for k, ((na, va, sa), (nb, vb, sb)) in enumerate(itertools.permutations(scans, 2)):
+            yield f'{na}(T2-like)->{nb}', 't2like', (t2_like(va, sa, seed=1000 * seed + k), sa), (vb, sb)
     if synthetic:
         import tensorflow as tf
 

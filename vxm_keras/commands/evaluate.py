@@ -66,6 +66,10 @@ def build_parser():
     p.add_argument('--invert-contrast', dest='invert_contrast', action='store_true',
                    help='scan-to-scan: also register each moving scan with its contrast inverted '
                         '(1 - intensity inside the brain) to the normal fixed scan')
+    p.add_argument('--t2-like', dest='t2_like', action='store_true',
+                   help='scan-to-scan: also register each moving scan made T2-like from its labels (CSF bright, '
+                        'white matter dark, blur, bias field, noise) to the normal fixed scan; with '
+                        '--cross-contrast for the refinement made for such pairs')
     p.add_argument('--synthetic', type=int, default=0, metavar='N',
                    help='scan-to-scan: also N pairs per test scan made by warping it (and its labels) with '
                         'a known large random smooth deformation, registered back to the original')
@@ -142,8 +146,8 @@ def _check_evaluation_set(args, inshape, scans):
     for name, vol, _ in scans:
         if vol.shape != inshape:
             fail(f'{name}: shape {vol.shape}, the model takes {inshape}')
-    if atlas is not None and (args.peers or args.invert_contrast or args.synthetic):
-        fail('--peers, --invert-contrast and --synthetic are for scan-to-scan evaluation (--atlas none)')
+    if atlas is not None and (args.peers or args.invert_contrast or args.t2_like or args.synthetic):
+        fail('--peers, --invert-contrast, --t2-like and --synthetic are for scan-to-scan evaluation (--atlas none)')
     if args.peers and importlib.util.find_spec('ants') is None:
         fail("--peers needs antspyx: pip install -e '.[peers]'")
     return atlas
@@ -197,7 +201,7 @@ def _score_pairs(args, register, scans, labels):
 
     from ..metrics import folding_fraction
     rows, folding, seconds, peer_seconds = [], [], [], []
-    for pair, kind, (va, sa), (vb, sb) in scan_pairs(scans, args.invert_contrast, args.synthetic):
+    for pair, kind, (va, sa), (vb, sb) in scan_pairs(scans, args.invert_contrast, args.synthetic, t2=args.t2_like):
         common = [lab for lab in labels if np.any(sa == lab) and np.any(sb == lab)]
         moved_seg, warp, sec = register(va, vb, sa)
         seconds.append(sec)
@@ -277,6 +281,7 @@ def _report(rows, labels, folding, seconds, title, model_path, tissue_title='tis
     if len(peer_seconds):
         lines.append(f'ANTs SyN: {np.mean(peer_seconds):.1f} s per pair')
     titles = {'pairs': title, 'inverted': title + ', moving contrast inverted',
+              't2like': title + ', moving scan made T2-like from its labels',
               'synthetic': title + ', scans warped by known random deformations, registered back',
               'tissue': tissue_title}
     for kind, kind_title in titles.items():
