@@ -73,7 +73,7 @@ def test_train_one_scan_needs_augmentation(dataset, tmp_path):
     import keras
     import vxm_keras  # noqa: F401  (registers the losses)
     model = keras.models.load_model(run / '0001.h5')
-    assert type(model.loss[0]).__name__ == 'MIND' and model._compile_config.config['loss_weights'] == [10.0, 1.0]
+    assert type(model.loss[0]).__name__ == 'MIND' and model._compile_config.config['loss_weights'] == [2.5, 1.0]
 
 
 def test_register_writes_outputs_keeping_affine(dataset, tmp_path):
