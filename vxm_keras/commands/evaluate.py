@@ -84,7 +84,7 @@ def main(argv=None):
 def run(args):
     """Evaluate as the command line says (``args`` from :func:`build_parser`); returns the exit code."""
     setup_device(args.gpu, args.verbose)
-    check_registration(args)
+    options = check_registration(args)
     if args.synthetic < 0:
         fail(f'--synthetic must be >= 0, got {args.synthetic}')
     if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
@@ -111,12 +111,11 @@ def run(args):
     if isinstance(model, networks.TemplateCreation):
         return _evaluate_template(args, model, inshape, scans, labels)
     atlas = _check_evaluation_set(args, inshape, scans)
-    register = _registering(args, model)
+    register = _registering(args, model, options)
     if atlas is not None:
         rows, folding, seconds, peer_seconds = _score_to_atlas(register, scans, labels, *atlas)
     else:
         rows, folding, seconds, peer_seconds = _score_pairs(args, register, scans, labels)
-    options = check_registration(args)
     title = '30 structures' + (' (atlas space, pairs of test scans)' if atlas is not None else '')
     report = _report(rows, labels, folding, seconds, title, args.model, peer_seconds=peer_seconds,
                      options=dict(options, coarse=options.get('coarse', COARSE_STEPS),
@@ -153,14 +152,14 @@ def _check_evaluation_set(args, inshape, scans):
     return atlas
 
 
-def _registering(args, model):
-    """``register(moving, fixed, seg) -> (moved_seg, warp, seconds)`` with the command's options."""
+def _registering(args, model, options):
+    """``register(moving, fixed, seg) -> (moved_seg, warp, seconds)`` with ``options`` (the
+    keyword arguments :func:`~vxm_keras.cli.check_registration` made of the flags)."""
     from ..registration import Registration
     try:
         reg = Registration(model)
     except ValueError as err:
         fail(f'{args.model}: {err}')
-    options = check_registration(args)
 
     def register(moving, fixed, seg):
         t = time.perf_counter()
