@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# the commands run in subprocesses keep no compiled kernels in the user's cache folder
+# (tests/test_compile_cache.py turns it on where it checks it)
+os.environ['VXM_XLA_CACHE'] = 'off'
 
 # before any test module loads TensorFlow: importing vxm_keras picks TensorFlow's CPU kernels as
 # the commands get them (oneDNN on x86 unless TF_ENABLE_ONEDNN_OPTS is set; vxm_keras/device.py)

@@ -14,6 +14,7 @@ import platform
 import re
 import sys
 
+from .compile_cache import enable as enable_compile_cache
 from .errors import fail
 
 __all__ = ['ONEDNN_VARIABLE', 'prefer_onednn', 'setup_device', 'start_tensorflow', 'start_training_tensorflow']
@@ -41,13 +42,18 @@ _NOISE = re.compile(r'^(WARNING: All log messages before absl::InitializeLog|[IW
                     r'cpu_feature_guard|Unable to register cu|computation placer already registered))')
 
 
-def setup_device(gpu, verbose=False):
+def setup_device(gpu, verbose=False, compile_cache=False):
     """Select devices before TensorFlow starts: ``None``/``'-1'`` = CPU, else ids like ``'0'`` or ``'0,1'``.
 
     Returns the number of GPUs requested (0 for CPU). Unless ``verbose``, TensorFlow's
     start-up chatter (which on a machine without a GPU includes an alarming ``failed call
-    to cuInit``) is filtered out when :func:`run` starts it; real errors still show.
+    to cuInit``) is filtered out when :func:`start_tensorflow` starts it; real errors still show.
+    ``compile_cache``: keep XLA's compiled kernels on disk for the next process
+    (:mod:`vxm_keras.compile_cache`; the registration commands, which compile the same kernels
+    in every run).
     """
+    if compile_cache:
+        _DEVICE['compile_cache'] = enable_compile_cache(verbose)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
     _DEVICE.update(verbose=verbose, gpus=[])
     if gpu is None or str(gpu).strip() in ('', '-1'):

@@ -83,7 +83,7 @@ def main(argv=None):
 
 def run(args):
     """Evaluate as the command line says (``args`` from :func:`build_parser`); returns the exit code."""
-    setup_device(args.gpu, args.verbose)
+    setup_device(args.gpu, args.verbose, compile_cache=True)
     options = check_registration(args)
     if args.synthetic < 0:
         fail(f'--synthetic must be >= 0, got {args.synthetic}')

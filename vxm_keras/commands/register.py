@@ -543,7 +543,7 @@ def run(args, timings=None):
     code (batch mode: 1 if any scan failed). ``timings``: a dict that single-scan mode fills with
     the seconds of ``load`` (reading, model, alignment), ``predict`` (registration, label warp)
     and ``write`` (the benchmark reads them)."""
-    setup_device(args.gpu, args.verbose)
+    setup_device(args.gpu, args.verbose, compile_cache=True)
     check_registration(args)
     batch = args.moving_list is not None or (args.moving is not None and os.path.isdir(args.moving))
     return _batch(args) if batch else _single(args, {} if timings is None else timings)
