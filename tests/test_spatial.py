@@ -216,3 +216,36 @@ def test_box_sum_rejects_even_or_missing_windows():
     for win in [(4, 3), (3,), (3, 3, 3), (0, 3)]:
         with pytest.raises(ValueError, match='odd window'):
             box_sum(x, win)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('method,order,fill', [('linear', 1, None), ('nearest', 0, None), ('linear', 1, -2.0)])
+def test_the_compiled_warp_of_a_constant_volume_matches_scipy_and_its_gradient(rng, shape, method, order, fill):
+    """``transform(..., vol_gradient=False)`` (the refinement's warp, one XLA loop with the gradient
+    recomputed): the values of scipy's map_coordinates, NaN handling included, the gradient with
+    respect to the displacement of the differentiable path, and no gradient for the volume."""
+    from vxm_keras.spatial import transform
+    vol = rng.random(shape + (2,)).astype(np.float32)
+    disp = smooth_field(rng, shape, 6.0) + 0.25
+    disp[(1,) * len(shape) + (0,)] = np.nan
+    weights = tf.constant(rng.standard_normal((1,) + shape + (2,)).astype(np.float32))
+    outs, grads = [], []
+    for vol_gradient in (True, False):
+        v, d = tf.constant(vol[None]), tf.constant(disp[None])
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([v, d])
+            out = transform(v, d, method, fill_value=fill, vol_gradient=vol_gradient)
+            loss = tf.reduce_sum(tf.where(tf.math.is_nan(out), 0.0, out) * weights)
+        outs.append(out.numpy()[0])
+        grads.append((tape.gradient(loss, v), tape.gradient(loss, d)))
+    ref = scipy_warp(vol, np.nan_to_num(disp), order, mode='nearest' if fill is None else 'constant',
+                     cval=0.0 if fill is None else fill)
+    nan = np.isnan(disp).any(-1)
+    assert not np.isnan(outs[1][~nan]).any()
+    np.testing.assert_allclose(outs[1][~nan], ref[~nan], atol=1e-4)
+    # at a NaN displacement, what the differentiable path gives (NaN; the fill value outside)
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
+    assert grads[1][0] is None
+    if method == 'linear':
+        np.testing.assert_allclose(grads[1][1].numpy(), grads[0][1].numpy(), atol=1e-4)
+        assert np.abs(grads[1][1].numpy()).max() > 0.1

@@ -114,9 +114,11 @@ class Registration:
             self._field_net.compile(jit_compile=True)
         self._finish = tf.function(self._finish_fn, autograph=False)
         self._warp_nearest = tf.function(
-            lambda vol, warp: spatial.transform(vol, warp, 'nearest', indexing=self.indexing), autograph=False)
+            lambda vol, warp: spatial.transform(vol, warp, 'nearest', indexing=self.indexing, vol_gradient=False),
+            autograph=False)
         self._warp_linear = tf.function(
-            lambda vol, warp: spatial.transform(vol, warp, 'linear', indexing=self.indexing), autograph=False)
+            lambda vol, warp: spatial.transform(vol, warp, 'linear', indexing=self.indexing, vol_gradient=False),
+            autograph=False)
         self._steps = {}
 
     # -- checks -------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ class Registration:
         def step(variable, m, v, base, moving, prepared_fixed, lr, t):
             with tf.GradientTape() as tape:
                 field = field_of(variable, base)
-                moved = spatial.transform(moving, warp_of(field), 'linear', indexing=indexing)
+                moved = spatial.transform(moving, warp_of(field), 'linear', indexing=indexing, vol_gradient=False)
                 # one pair: the per-sample image loss is (1,); the step's loss is a scalar
                 loss = weight * tf.reduce_mean(sim.prepared_loss(prepared_fixed, moved)) + lam * smooth(field, field)
             adam_update(variable, m, v, tape.gradient(loss, variable), lr, t)

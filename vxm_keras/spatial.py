@@ -129,7 +129,7 @@ def _interp_components(vol, comps, interp_method='linear', fill_value=None):
     return out
 
 
-def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None):
+def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None, vol_gradient=True):
     """Warp a batch of volumes by a dense displacement field.
 
     The result at voxel ``x`` is ``vol`` sampled at ``x + disp(x)``.
@@ -140,6 +140,12 @@ def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None)
             ``indexing='ij'`` component ``d`` moves along spatial axis ``d``;
             ``'xy'`` swaps the first two components (the 2018 code's layout).
         interp_method, fill_value: as in :func:`interpn`.
+        vol_gradient: ``False`` when nothing needs the gradient with respect to ``vol`` (the
+            moving image of a refinement, a warp without gradients): the sampling then runs
+            as one XLA-compiled loop, gathers included, and gives ``vol`` no gradient
+            (160x192x224 on 2 cores: forward 0.33 -> 0.04 s, forward and backward with respect
+            to ``disp`` 0.47 -> 0.20 s). With ``vol``'s gradient XLA gains nothing (its
+            backward pass, a scatter, is computed whenever ``vol`` is an input): 0.46 s either way.
 
     Returns:
         ``(batch, *spatial, channels)`` float32 tensor.
@@ -157,8 +163,46 @@ def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None)
         disp = tf.stack(comps, axis=-1)
     elif indexing != 'ij':
         raise ValueError(f"indexing must be 'ij' or 'xy', got {indexing!r}")
+    if not vol_gradient:
+        return _transform_constant_volume(vol, disp, interp_method, fill_value)
     comps = [c + _axis_range(volshape, d) for d, c in enumerate(tf.unstack(disp, axis=-1))]
     return _interp_components(vol, comps, interp_method=interp_method, fill_value=fill_value)
+
+
+def _sample_at_displacement(vol, disp, interp_method, fill_value):
+    comps = [c + _axis_range(vol.shape[1:-1], d) for d, c in enumerate(tf.unstack(disp, axis=-1))]
+    return _interp_components(vol, comps, interp_method=interp_method, fill_value=fill_value)
+
+
+@fused
+def _sample_forward(vol, disp, interp_method, fill_value):
+    return _sample_at_displacement(vol, disp, interp_method, fill_value)
+
+
+@fused
+def _sample_backward(vol, disp, upstream, interp_method, fill_value):
+    """The gradient with respect to ``disp``, the sampling recomputed inside: nothing of the
+    forward pass (8 corner values, indices and weights of the volume's size) is kept for it."""
+    with tf.GradientTape() as tape:
+        tape.watch(disp)
+        out = _sample_at_displacement(vol, disp, interp_method, fill_value)
+    return tape.gradient(out, disp, output_gradients=upstream)
+
+
+_CONSTANT_VOLUME = {}
+
+
+def _transform_constant_volume(vol, disp, interp_method, fill_value):
+    """:func:`transform` (``ij`` displacement) of a volume that gets no gradient, compiled whole."""
+    key = (interp_method, fill_value)
+    if key not in _CONSTANT_VOLUME:
+        @tf.custom_gradient
+        def sample(vol, disp):
+            def grad(upstream):
+                return None, _sample_backward(vol, disp, upstream, interp_method, fill_value)
+            return _sample_forward(vol, disp, interp_method, fill_value), grad
+        _CONSTANT_VOLUME[key] = sample
+    return _CONSTANT_VOLUME[key](tf.cast(vol, tf.float32), disp)
 
 
 def integrate_velocity(vel, int_steps, indexing='ij'):
