@@ -6,8 +6,9 @@ ANTs SyN on the same pair, in one run (only ratios measured in one run compare a
 
 For each setting of ``TF_ENABLE_ONEDNN_OPTS`` / ``ONEDNN_MAX_CPU_ISA`` (:data:`SETTINGS`):
 ``register.py`` on the quick start's pair (the shipped example scan to the atlas) end to end,
-as a user runs it; then, in a fresh process, the same registration twice through the library
-with the seconds of each stage (loading, network, the optimisation's coarse / half /
+as a user runs it, twice with a new compilation cache (:mod:`vxm_keras.compile_cache`): the
+first run on a machine compiles the XLA kernels, later runs load them; then, in a fresh process
+with that cache, the same registration twice through the library with the seconds of each stage (loading, network, the optimisation's coarse / half /
 full-resolution steps, finishing, writing) and the process's peak memory. The moved images of
 every setting are compared with the first setting's (global NCC). ANTs SyN (antspyx defaults,
 ``pip install -e '.[peers]'``) registers the same pair.
@@ -53,7 +54,7 @@ def cpu_flags():
 
 
 def _register_py(setting_env, moving, moved, optimize):
-    """``register.py`` end to end as a user runs it, in this setting: wall seconds and what it printed."""
+    """``register.py`` end to end as a user runs it, with these variables: wall seconds and what it printed."""
     cmd = [sys.executable, os.path.join(REPO, 'register.py'), '--moving', moving, '--moved', moved, '--overwrite',
            '--optimize', str(optimize)]
     t = time.perf_counter()
@@ -66,18 +67,26 @@ def _register_py(setting_env, moving, moved, optimize):
 
 def collect(settings, peers, optimize, tmp):
     """Measure; returns the results as a dict (see :func:`render`)."""
+    from ..compile_cache import VARIABLE, machine_tag
     from ..io import load_volfile
     moving = shipped_file('data/example_moving.npz')
     rows = []
     for name in settings:
         label, env = SETTINGS[name]
-        print(f'{name}: register.py end to end ...', flush=True)
-        e2e = _register_py(env, moving, os.path.join(tmp, f'{name}_cmd.npz'), optimize)
+        # each setting starts from an empty compilation cache of its own
+        cache = os.path.join(tmp, f'xla_{name}')
+        command_env = dict(env, **{VARIABLE: cache})
+        print(f'{name}: register.py end to end, first run (compiling) ...', flush=True)
+        e2e_first = _register_py(command_env, moving, os.path.join(tmp, f'{name}_cmd.npz'), optimize)
+        print(f'{name}: register.py end to end, later run ...', flush=True)
+        e2e = _register_py(command_env, moving, os.path.join(tmp, f'{name}_cmd.npz'), optimize)
         print(f'{name}: stages ...', flush=True)
         params = {'moving': moving, 'fixed': DEFAULT_ATLAS, 'model_file': DEFAULT_MODEL,
                   'moved': os.path.join(tmp, f'{name}_lib.npz'), 'optimize': optimize}
-        stages = run_worker('stages', params, env=env)
-        rows.append({'setting': name, 'label': label, 'register_py': e2e, 'stages': stages})
+        flags = f'--tf_xla_persistent_cache_directory={os.path.join(cache, machine_tag())}'
+        stages = run_worker('stages', params, env=dict(env, TF_XLA_FLAGS=flags))
+        rows.append({'setting': name, 'label': label, 'register_py': e2e, 'register_py_first': e2e_first,
+                     'stages': stages})
     first = None
     for row in rows:
         path = os.path.join(tmp, f'{row["setting"]}_lib.npz')
@@ -108,12 +117,14 @@ def render(results):
              'The quick start\'s pair (`data/example_moving.npz` to `data/atlas.npz`), the shipped '
              f'`models/vm2_atlas.h5`, the default refinement ({results["optimize"]} half-resolution steps '
              'with the default coarse and full-resolution ones). "register.py" is the whole command '
-             'as a user runs it (start-up, tracing and XLA compilation included); the stages are a '
-             'second process registering the pair twice through the library: the first pair (what '
-             'a one-scan command pays) and the second (each further pair of a batch).', '',
-             '| setting | oneDNN | register.py s | x SyN | start-up and load s | ' + ' | '.join(STAGES) +
-             ' | first pair s | second pair s | write s | peak GiB | NCC to first setting |',
-             '|' + '---|' * (10 + len(STAGES))]
+             'as a user runs it (start-up and tracing included), run twice with a new compilation '
+             'cache: the first run on a machine compiles the XLA kernels, later runs load them '
+             '(`vxm_keras/compile_cache.py`); "x SyN" is the later run\'s. The stages are a third '
+             'process, with that cache, registering the pair twice through the library: the first '
+             'pair (what a one-scan command pays) and the second (each further pair of a batch).', '',
+             '| setting | oneDNN | register.py s | x SyN | register.py s, first run | start-up and load s | '
+             + ' | '.join(STAGES) + ' | first pair s | second pair s | write s | peak GiB | NCC to first setting |',
+             '|' + '---|' * (11 + len(STAGES))]
     for row in results['rows']:
         st, e2e = row['stages'], row['register_py']
         if 'error' in st:
@@ -124,8 +135,9 @@ def render(results):
         startup = st['wall'] - first['total'] - second['total'] - st['write']
         wall = e2e.get('wall')
         ratio = f'{wall / syn_s:.2f}' if wall and syn_s else 'n/a'
+        first_run = (row.get('register_py_first') or {}).get('wall')
         lines.append(f'| {row["setting"]}: {row["label"]} | {st.get("onednn")} | {_s(wall)} | {ratio} | '
-                     f'{_s(startup)} | '
+                     f'{_s(first_run)} | {_s(startup)} | '
                      + ' | '.join(f'{_s(first.get(k), 2)} / {_s(second.get(k), 2)}' for k in STAGES)
                      + f' | {_s(first["total"])} | {_s(second["total"])} | {_s(st["write"], 2)} | '
                      f'{_s(st["maxrss_mib"] / 1024, 2)} | {_s(row.get("moved_ncc_to_first"), 5)} |')
