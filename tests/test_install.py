@@ -37,6 +37,21 @@ def test_plain_install_in_a_fresh_venv_finds_the_shipped_files(tmp_path):
         assert path.startswith(str(venv)) and os.path.isfile(path), path
 
 
+@pytest.mark.parametrize('given,expected', [(None, 'true'), ('false', 'false')])
+def test_importing_the_package_asks_for_the_pooled_allocator_unless_told(given, expected):
+    """Importing vxm_keras before TensorFlow sets TF_CPU_ALLOCATOR_USE_BFC=true unless the user set
+    it; after TensorFlow it changes nothing (the variable is read as TensorFlow starts)."""
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPU_ALLOCATOR_USE_BFC'}
+    if given is not None:
+        env['TF_CPU_ALLOCATOR_USE_BFC'] = given
+    env['TF_CPP_MIN_LOG_LEVEL'] = '3'
+    for order in ('vxm_keras, tensorflow', 'tensorflow, vxm_keras'):
+        code = f'import os, {order}\nprint(os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"))'
+        proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+        late = order.startswith('tensorflow') and given is None
+        assert proc.stdout.split() == (['None'] if late else [expected]), order
+
+
 @pytest.mark.parametrize('given,expected', [(None, '1'), ('0', '0'), ('1', '1')])
 def test_importing_the_package_asks_for_onednn_unless_told(given, expected):
     """On x86, importing vxm_keras before TensorFlow sets TF_ENABLE_ONEDNN_OPTS=1 when the user

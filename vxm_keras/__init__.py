@@ -12,11 +12,13 @@ import importlib
 import os
 import sys
 
-from .device import prefer_onednn
+from .device import prefer_onednn, prefer_pooled_allocator
 
 # before TensorFlow loads: its oneDNN kernels on x86 unless TF_ENABLE_ONEDNN_OPTS says otherwise
-# (vxm_keras/device.py: Eigen's convolutions made a training step 10x slower)
+# (vxm_keras/device.py: Eigen's convolutions made a training step 10x slower), and its pooling CPU
+# allocator unless TF_CPU_ALLOCATOR_USE_BFC does (without oneDNN, malloc made the refinement 1.3x slower)
 prefer_onednn()
+prefer_pooled_allocator()
 
 __version__ = '0.1.0'
 
