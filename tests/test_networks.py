@@ -178,13 +178,18 @@ def test_half_resolution_unet(rng):
     np.testing.assert_allclose(warp[0], ref, atol=1e-5)
 
 
-def test_mixed_precision_keeps_field_and_warp_float32():
-    keras.mixed_precision.set_global_policy('mixed_float16')
+def _built_under(policy, *builders):
+    """The models of ``builders`` built under the mixed-precision ``policy``; float32 put back."""
+    keras.mixed_precision.set_global_policy(policy)
     try:
-        model = networks.vm2((32, 32, 32))
-        prob = networks.vm2diff((32, 32, 32))
+        return [build() for build in builders]
     finally:
         keras.mixed_precision.set_global_policy('float32')
+
+
+def test_mixed_precision_keeps_field_and_warp_float32():
+    model, prob = _built_under('mixed_float16', lambda: networks.vm2((32, 32, 32)),
+                               lambda: networks.vm2diff((32, 32, 32)))
     assert model.get_layer('enc_0_conv').compute_dtype == 'float16'
     assert [o.dtype for o in model.outputs] == ['float32', 'float32']
     assert all(o.dtype == 'float32' for o in prob.outputs)
@@ -199,12 +204,8 @@ def test_bfloat16_keeps_convolutions_on_grids_smaller_than_their_kernel_in_float
     with AVX512-BF16, half of the seeds): those convolutions run in float32, the rest in bfloat16.
     Four training steps on seeds that gave NaN before stay finite."""
     from scipy.ndimage import gaussian_filter
-    keras.mixed_precision.set_global_policy('mixed_bfloat16')
-    try:
-        model = networks.vm2((32, 32, 32))
-        large = networks.vm2((64, 64, 64))
-    finally:
-        keras.mixed_precision.set_global_policy('float32')
+    model, large = _built_under('mixed_bfloat16', lambda: networks.vm2((32, 32, 32)),
+                                lambda: networks.vm2((64, 64, 64)))
     # 32^3: enc_3 goes 4^3 -> 2^3, dec_0 runs on 2^3
     assert [model.get_layer(n).compute_dtype for n in ('enc_2_conv', 'enc_3_conv', 'dec_0_conv')] == \
         ['bfloat16', 'float32', 'float32']

@@ -74,7 +74,7 @@ def setup_device(gpu, verbose=False, compile_cache=False):
     in every run).
     """
     if compile_cache:
-        _DEVICE['compile_cache'] = enable_compile_cache(verbose)
+        enable_compile_cache(verbose)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
     _DEVICE.update(verbose=verbose, gpus=[])
     if gpu is None or str(gpu).strip() in ('', '-1'):

@@ -167,11 +167,11 @@ def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None,
         raise ValueError(f"indexing must be 'ij' or 'xy', got {indexing!r}")
     if not vol_gradient:
         return _transform_constant_volume(vol, disp, interp_method, fill_value)
-    comps = [c + _axis_range(volshape, d) for d, c in enumerate(tf.unstack(disp, axis=-1))]
-    return _interp_components(vol, comps, interp_method=interp_method, fill_value=fill_value)
+    return _sample_at_displacement(vol, disp, interp_method, fill_value)
 
 
 def _sample_at_displacement(vol, disp, interp_method, fill_value):
+    """``vol`` sampled at ``x + disp(x)``, ``ij`` displacement (:func:`transform`'s work)."""
     comps = [c + _axis_range(vol.shape[1:-1], d) for d, c in enumerate(tf.unstack(disp, axis=-1))]
     return _interp_components(vol, comps, interp_method=interp_method, fill_value=fill_value)
 

@@ -8,8 +8,9 @@ For each setting of ``TF_ENABLE_ONEDNN_OPTS`` / ``ONEDNN_MAX_CPU_ISA`` (:data:`S
 ``register.py`` on the quick start's pair (the shipped example scan to the atlas) end to end,
 as a user runs it, twice with a new compilation cache (:mod:`vxm_keras.compile_cache`): the
 first run on a machine compiles the XLA kernels, later runs load them; then, in a fresh process
-with that cache, the same registration twice through the library with the seconds of each stage (loading, network, the optimisation's coarse / half /
-full-resolution steps, finishing, writing) and the process's peak memory. The moved images of
+with that cache, the same registration twice through the library with the seconds of each stage
+(loading, network, the optimisation's coarse / half / full-resolution steps, finishing, writing)
+and the process's peak memory. The moved images of
 every setting are compared with the first setting's (global NCC). ANTs SyN (antspyx defaults,
 ``pip install -e '.[peers]'``) registers the same pair.
 """
