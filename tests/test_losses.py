@@ -59,6 +59,35 @@ def test_ncc_prepared_fixed_image_reused_for_many_moving(rng):
             assert grad[idx] == pytest.approx(fd, rel=2e-2, abs=2e-5)
 
 
+@pytest.mark.parametrize('offset', [0.0, 100.0])
+def test_ncc_gradients_of_both_images_match_finite_differences(rng, offset):
+    """The written-out gradient of NCC (window sums recomputed, variances clamped at zero) with
+    respect to the fixed and the moving image, at corners, edges and inside, against central
+    finite differences of the float64 brute force; with raw-intensity offsets too, where the
+    zero padding's correction terms are large."""
+    from scipy.ndimage import gaussian_filter
+    shape, win = (8, 9, 7), 5
+    I = offset + gaussian_filter(rng.random(shape), 1.0)
+    J = offset + 0.6 * I + 0.2 * gaussian_filter(rng.random(shape), 1.0)
+    It, Jt = (tf.Variable(x[None, ..., None].astype(np.float32)) for x in (I, J))
+    with tf.GradientTape(persistent=True) as tape:
+        value = losses.NCC(win=win)(It, Jt)
+    grads = [tape.gradient(value, x).numpy()[0, ..., 0] for x in (It, Jt)]
+
+    def loss(I, J):
+        return -ncc_bruteforce(I, J, [win] * 3).mean()
+
+    h = 1e-3
+    for which, grad in enumerate(grads):
+        assert np.abs(grad).max() > 1e-4
+        for idx in [(0, 0, 0), (7, 8, 6), (3, 4, 3), (0, 4, 6), (5, 1, 2)]:
+            args = [I.copy(), J.copy()], [I.copy(), J.copy()]
+            args[0][which][idx] += h
+            args[1][which][idx] -= h
+            fd = (loss(*args[0]) - loss(*args[1])) / (2 * h)
+            assert grad[idx] == pytest.approx(fd, rel=2e-2, abs=2e-5), (which, idx)
+
+
 def test_ncc_batch_and_channels_are_independent(rng):
     shape = (2, 10, 11, 9, 2)
     I, J = rng.random(shape), rng.random(shape)
