@@ -107,7 +107,13 @@ def test_tidy_removes_broken_entries_stale_temporaries_and_the_oldest_past_the_l
     # past the limit, the oldest entry goes first
     removed = compile_cache.tidy(str(tmp_path), max_bytes=len(data) + 1, now=now)
     assert removed == ['old.pb']
-    assert sorted(os.listdir(tmp_path)) == ['fresh.pb.tmp3c4d', 'new.pb', 'other.txt']
+    assert sorted(os.listdir(tmp_path)) == ['.checked', 'fresh.pb.tmp3c4d', 'new.pb', 'other.txt']
+    # entries a tidy has seen are not parsed again; ones written since are
+    for name, written in [('seen.pb', now - 100), ('since.pb', now + 5)]:
+        (tmp_path / name).write_bytes(data[:37])
+        os.utime(tmp_path / name, (written, written))
+    removed = compile_cache.tidy(str(tmp_path), max_bytes=10 ** 9, now=now + 10)
+    assert removed == ['since.pb']
 
 
 def test_a_later_process_loads_what_the_first_compiled_with_the_same_numbers(tmp_path):

@@ -40,6 +40,11 @@ MIN_FREE_BYTES = 1 << 30
 MAX_BYTES = 1 << 30
 # TensorFlow writes an entry to NAME.tmp... and renames it; one left this long belongs to a dead process
 _STALE_TMP_SECONDS = 3600
+# entries written before this file's time were parsed by an earlier tidy: parsing them all at every
+# start cost up to 1.5 s with a full folder
+_CHECKED = '.checked'
+# entries written this long before a tidy are checked again by the next one (writers it did not see)
+_CHECK_OVERLAP_SECONDS = 60
 
 
 def _cpu_description():
@@ -109,15 +114,21 @@ def tidy(folder, max_bytes=MAX_BYTES, now=None):
     """Remove from ``folder`` what would make TensorFlow fail or the folder grow without bound:
     entries that are not complete protocol buffers, temporary files of dead writers, and the
     oldest entries past ``max_bytes`` (by when they were written: reading them here changes
-    their access times). Returns the names removed."""
+    their access times). Entries older than the previous tidy are not parsed again. Returns the
+    names removed."""
     now = time.time() if now is None else now
+    marker = os.path.join(folder, _CHECKED)
+    try:
+        checked_until = os.stat(marker).st_mtime
+    except OSError:
+        checked_until = float('-inf')
     removed, kept = [], []
     for entry in os.scandir(folder):
         if not entry.is_file():
             continue
         stat = entry.stat()
         if entry.name.endswith('.pb'):
-            if _complete(entry.path):
+            if stat.st_mtime < checked_until or _complete(entry.path):
                 kept.append((stat.st_mtime, stat.st_size, entry))
                 continue
         elif '.pb.tmp' not in entry.name and not entry.name.endswith('.tmp'):
@@ -139,6 +150,12 @@ def tidy(folder, max_bytes=MAX_BYTES, now=None):
             total -= size
         except OSError:
             pass
+    try:
+        with open(marker, 'a'):
+            pass
+        os.utime(marker, (now - _CHECK_OVERLAP_SECONDS,) * 2)
+    except OSError:
+        pass
     return removed
 
 
