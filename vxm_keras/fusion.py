@@ -21,3 +21,14 @@ def fused(fn):
     if os.environ.get('VXM_XLA_FUSION', '1').strip() in ('0', 'false', 'False', 'off'):
         return fn
     return tf.function(fn, jit_compile=True, autograph=False)
+
+
+def recomputed_gradient(fn, x, upstream):
+    """The gradient of ``fn(x)`` with respect to ``x`` for the upstream gradient ``upstream`` (the
+    shape of ``fn(x)``), ``fn`` recomputed here: called inside a :func:`fused` function, the
+    backward pass of a ``tf.custom_gradient`` then keeps nothing of the forward pass but ``x``,
+    and XLA materialises only the result."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = fn(x)
+    return tape.gradient(out, x, output_gradients=upstream)

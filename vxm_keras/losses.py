@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from .fusion import fused as _fused
+from .fusion import recomputed_gradient
 from .spatial import box_sum
 
 __all__ = ['NCC', 'mind_pairs', 'mind_ssc', 'MIND', 'MSE', 'forward_differences', 'Grad', 'Dice',
@@ -317,18 +318,12 @@ _mind_squared_error = _fused(_mind_squared_error_of)
 
 @_fused
 def _mind_squared_error_grad(prepared, dist, upstream):
-    with tf.GradientTape() as tape:
-        tape.watch(dist)
-        value = _mind_squared_error_of(prepared, dist)
-    return tape.gradient(value, dist, output_gradients=upstream)
+    return recomputed_gradient(lambda d: _mind_squared_error_of(prepared, d), dist, upstream)
 
 
 @_fused
 def _mind_differences_grad(image, upstream, dilation):
-    with tf.GradientTape() as tape:
-        tape.watch(image)
-        differences = _mind_differences(image, dilation)
-    return tape.gradient(differences, image, output_gradients=upstream)
+    return recomputed_gradient(lambda x: _mind_differences(x, dilation), image, upstream)
 
 
 @_register

@@ -18,7 +18,7 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
-from .fusion import fused
+from .fusion import fused, recomputed_gradient
 
 __all__ = ['interpn', 'transform', 'integrate_velocity', 'rescale_field', 'upsample_linear', 'box_sum']
 
@@ -185,10 +185,7 @@ def _sample_forward(vol, disp, interp_method, fill_value):
 def _sample_backward(vol, disp, upstream, interp_method, fill_value):
     """The gradient with respect to ``disp``, the sampling recomputed inside: nothing of the
     forward pass (8 corner values, indices and weights of the volume's size) is kept for it."""
-    with tf.GradientTape() as tape:
-        tape.watch(disp)
-        out = _sample_at_displacement(vol, disp, interp_method, fill_value)
-    return tape.gradient(out, disp, output_gradients=upstream)
+    return recomputed_gradient(lambda d: _sample_at_displacement(vol, d, interp_method, fill_value), disp, upstream)
 
 
 _CONSTANT_VOLUME = {}
