@@ -120,8 +120,7 @@ class NCC(keras.losses.Loss):
 @_fused
 def _ncc_fixed_terms(y_true):
     """The centred fixed image and its square, ``[I', I'^2]``, and its mean ``a``."""
-    axes = list(range(1, len(y_true.shape) - 1))
-    a = tf.stop_gradient(tf.reduce_mean(y_true, axes, keepdims=True))
+    a = tf.stop_gradient(tf.reduce_mean(y_true, _spatial_axes(y_true), keepdims=True))
     i = y_true - a
     return tf.concat([i, i * i], -1), a
 
