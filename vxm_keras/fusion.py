@@ -32,3 +32,28 @@ def recomputed_gradient(fn, x, upstream):
         tape.watch(x)
         out = fn(x)
     return tape.gradient(out, x, output_gradients=upstream)
+
+
+def fused_with_recomputed_gradient(fn):
+    """:func:`fused` ``fn(x, *static)`` whose gradient with respect to ``x`` is a second compiled
+    function that recomputes ``fn`` (:func:`recomputed_gradient`); ``static`` are Python values.
+
+    Differentiated as a plain compiled function, TensorFlow rewrites its forward pass to also
+    return every intermediate for the backward pass: one more executable to trace, compile and
+    load, and the intermediates kept between the passes. For the cheap chains this is applied
+    to, recomputing them is faster than either (the refinement's first step at each
+    resolution: about 0.04 s of tracing saved per function).
+    """
+    forward = fused(fn)
+    backward = fused(lambda x, upstream, *static: recomputed_gradient(lambda v: fn(v, *static), x, upstream))
+
+    def call(x, *static):
+        @tf.custom_gradient
+        def differentiable(x):
+            return forward(x, *static), lambda upstream: backward(x, upstream, *static)
+        return differentiable(x)
+
+    call.forward = forward
+    call.__doc__ = fn.__doc__
+    call.__name__ = getattr(fn, '__name__', 'fused')
+    return call

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from .fusion import fused as _fused
-from .fusion import recomputed_gradient
+from .fusion import fused_with_recomputed_gradient, recomputed_gradient
 from .spatial import box_sum
 
 __all__ = ['NCC', 'mind_pairs', 'mind_ssc', 'MIND', 'MSE', 'forward_differences', 'Grad', 'Dice',
@@ -414,7 +414,7 @@ def forward_differences(field):
     return diffs
 
 
-@_fused
+@fused_with_recomputed_gradient
 def _grad(field, penalty):
     """Per-sample ``(1/ndim) sum_d mean(|D_d u|^p)``, ``p`` 1 or 2."""
     diffs = forward_differences(field)
