@@ -68,3 +68,37 @@ def test_importing_the_package_asks_for_onednn_unless_told(given, expected):
             'print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), _pywrap_util_port.IsMklEnabled())')
     proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
     assert proc.stdout.split() == [expected, str(expected == '1')]
+
+
+def test_commands_start_keras_without_its_unused_extras():
+    """The commands start TensorFlow with pyplot, pandas and scikit-learn hidden from Keras's own
+    import (vxm_keras.device.KERAS_EXTRAS): none of them is loaded by it, each imports again
+    afterwards (matplotlib is a dependency, so pyplot always can), and Keras works."""
+    code = ('import sys, os\n'
+            'os.environ["VXM_KERAS_DEFER_IMPORTS"] = "1"\n'
+            'from vxm_keras.device import KERAS_EXTRAS, setup_device, start_tensorflow\n'
+            'setup_device(None)\n'
+            'start_tensorflow()\n'
+            'import keras, tensorflow\n'
+            'print(*[name in sys.modules for name in KERAS_EXTRAS])\n'
+            'import matplotlib.pyplot\n'
+            'print(type(matplotlib.pyplot.figure).__name__)\n'
+            'print(float(keras.ops.sum(keras.ops.ones((2, 3)))))\n')
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg')
+    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded, figure, total = proc.stdout.split('\n')[:3]
+    assert loaded.split() == ['False'] * 3
+    assert figure == 'function' and float(total) == 6.0
+
+
+def test_hidden_modules_raise_import_error_inside_the_block_only():
+    from vxm_keras.device import _hidden
+    sys.modules.pop('colorsys', None)
+    with _hidden(['colorsys', 'os']):  # 'os' is loaded already: left alone
+        with pytest.raises(ImportError):
+            import colorsys  # noqa: F401
+        import os as again
+        assert again is os
+    import colorsys  # noqa: F401, F811
+    assert sys.modules['colorsys'] is not None
