@@ -110,8 +110,10 @@ class Registration:
         self.inshape = tuple(model.inshape)
         self.indexing = model.indexing
         self._field_net = model.field_model()
-        if xla:  # predict_on_batch follows the compiled jit_compile setting
-            self._field_net.compile(jit_compile=True)
+        # the network called as a plain function of tensors: predict_on_batch's data handling, its own
+        # traced loop and the copy to numpy are not needed for one pair
+        self._predict = tf.function(lambda moving, fixed: self._field_net([moving, fixed], training=False),
+                                    jit_compile=bool(xla), autograph=False)
         self._finish = tf.function(self._finish_fn, autograph=False)
         self._warp_nearest = tf.function(
             lambda vol, warp: spatial.transform(vol, warp, 'nearest', indexing=self.indexing, vol_gradient=False),
@@ -179,7 +181,7 @@ class Registration:
         for k in range(int(cascade)):
             t_net = time.perf_counter()
             if network:
-                field = tf.convert_to_tensor(self._field_net.predict_on_batch([current, fixed_b]))
+                field = self._predict(current, fixed_b)
             else:
                 field = tf.zeros([1, *self._field_net.outputs[0].shape[1:]])
             stages['network'] = stages.get('network', 0.0) + time.perf_counter() - t_net
