@@ -32,6 +32,10 @@ setup(
         'nibabel>=5.1',
         'h5py>=3.10',
         'matplotlib>=3.8',
+        # TensorFlow's and Keras's own dependency, capped: ml_dtypes 0.7.0 takes 0.55-0.6 s to import
+        # (its ufunc loops registered one by one; 0.6.0: 4-7 ms, numpy 2.3 and 2.4 alike), every
+        # command's start-up, 6 % of register.py on the example scan
+        'ml_dtypes>=0.5.1,<0.7',
     ],
     extras_require={
         # pytest-xdist: the suite runs on two workers (pytest.ini), about half the time on 2 cores
