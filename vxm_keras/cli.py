@@ -16,6 +16,9 @@ import threading
 from .errors import UserError, fail  # noqa: F401  (re-exported for the commands)
 from .runs import check_run_dir, held_locks, initial_epoch, lock_run_dir, release_run_dirs, writes_outputs
 
+__all__ = ['Terminated', 'execute', 'finite_float', 'device_options', 'training_data_options', 'schedule_options',
+           'registration_options', 'check_registration', 'overwrite_option', 'check_schedule', 'progress']
+
 
 class Terminated(BaseException):
     """SIGTERM arrived (``kill``, a job scheduler's time limit): unwinds like Ctrl-C, so temporary

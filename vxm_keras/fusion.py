@@ -10,6 +10,8 @@ import os
 
 import tensorflow as tf
 
+__all__ = ['fused', 'recomputed_gradient', 'fused_with_recomputed_gradient']
+
 
 def fused(fn):
     """``fn`` as an XLA-compiled ``tf.function`` (Python arguments such as window sizes are

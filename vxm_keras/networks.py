@@ -43,7 +43,23 @@ def _pair_inputs(inshape, unet_downsize):
     return inshape, moving, fixed, x
 
 
-class RegistrationModel(keras.Model):
+class _ConfiguredByArguments:
+    """``get_config`` / ``from_config`` of a model rebuilt from its constructor's arguments: the
+    names in ``_CONFIG`` (each kept as an attribute of the same name) and ``name``."""
+    _CONFIG = ()
+
+    def get_config(self):
+        config = {key: getattr(self, key) for key in self._CONFIG}
+        if 'inshape' in config:
+            config['inshape'] = list(config['inshape'])
+        return dict(config, name=self.name)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+class RegistrationModel(_ConfiguredByArguments, keras.Model):
     """Shared base of the pairwise registration models (inputs ``[moving, fixed]``).
 
     A subclass builds its graph, calls ``super().__init__`` and then
@@ -142,6 +158,8 @@ class VxmDense(RegistrationModel):
     Inputs ``[moving, fixed]`` ``(batch, *inshape, 1)``; outputs ``[moved,
     flow]`` (see the module docstring); ``flow`` lives on the U-Net's grid.
     """
+    # get_config's keys: the constructor's arguments (with the name)
+    _CONFIG = ('inshape', 'enc_nf', 'dec_nf', 'int_steps', 'int_downsize', 'indexing', 'unet_downsize')
 
     def __init__(self, inshape, enc_nf=VM2_ENC, dec_nf=VM2_DEC, int_steps=0, int_downsize=1,
                  indexing='ij', unet_downsize=1, name='vxm_dense', **kwargs):
@@ -172,14 +190,6 @@ class VxmDense(RegistrationModel):
         self.indexing = indexing
         self._set_deformation(loss_field, warp, up, int_steps)
 
-    def get_config(self):
-        return dict(inshape=list(self.inshape), enc_nf=self.enc_nf, dec_nf=self.dec_nf,
-                    int_steps=self.int_steps, int_downsize=self.int_downsize,
-                    indexing=self.indexing, unet_downsize=self.unet_downsize, name=self.name)
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        return cls(**config)
 
 
 @_register
@@ -201,6 +211,8 @@ class VxmDenseProb(RegistrationModel):
     ``fixed_moved`` is the fixed image warped by the inverse (integrated
     ``-v``). Displacements: :meth:`warp_model`.
     """
+    # get_config's keys: the constructor's arguments (with the name)
+    _CONFIG = ('inshape', 'enc_nf', 'dec_nf', 'int_steps', 'bidir', 'unet_downsize', 'indexing')
 
     def __init__(self, inshape, enc_nf=VM2_ENC, dec_nf=(32, 32, 32, 32, 16), int_steps=7, bidir=False,
                  unet_downsize=1, indexing='ij', name='vm2diff', **kwargs):
@@ -244,18 +256,10 @@ class VxmDenseProb(RegistrationModel):
         velocity, each ``(batch, *inshape / field_factor, ndim)``, variance ``exp(log_sigma)``."""
         return keras.Model(self.inputs, [self._field_tensor, self._log_sigma_tensor], name=self.name + '_variance')
 
-    def get_config(self):
-        return dict(inshape=list(self.inshape), enc_nf=self.enc_nf, dec_nf=self.dec_nf,
-                    int_steps=self.int_steps, bidir=self.bidir, unet_downsize=self.unet_downsize,
-                    indexing=self.indexing, name=self.name)
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        return cls(**config)
 
 
 @_register
-class TemplateCreation(keras.Model):
+class TemplateCreation(_ConfiguredByArguments, keras.Model):
     """Learn a template, optionally conditioned on attributes, jointly with the registration
     of that template to every image (Dalca, Rakic, Guttag, Sabuncu, NeurIPS 2019).
 
@@ -275,6 +279,8 @@ class TemplateCreation(keras.Model):
     mean^2``, target zeros) and the velocity itself (for
     :class:`~vxm_keras.losses.DisplacementPenalty`).
     """
+    # get_config's keys: the constructor's arguments (with the name)
+    _CONFIG = ('inshape', 'n_attributes', 'enc_nf', 'dec_nf', 'int_steps', 'int_downsize', 'cond_nf', 'mean_cap')
 
     def __init__(self, inshape, n_attributes=0, enc_nf=VM2_ENC, dec_nf=VM2_DEC, int_steps=7, int_downsize=2,
                  cond_nf=32, mean_cap=100, template_init=None, name='template_creation', **kwargs):
@@ -316,14 +322,6 @@ class TemplateCreation(keras.Model):
         self.mean_cap = mean_cap
         self._velocity, self._warp_tensor = vel, warp
 
-    def get_config(self):
-        return dict(inshape=list(self.inshape), n_attributes=self.n_attributes, enc_nf=self.enc_nf,
-                    dec_nf=self.dec_nf, int_steps=self.int_steps, int_downsize=self.int_downsize,
-                    cond_nf=self.cond_nf, mean_cap=self.mean_cap, name=self.name)
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        return cls(**config)
 
     def templates(self, attributes=None):
         """The learned template ``(*inshape)``, or for a conditional model one per row of

@@ -12,6 +12,8 @@ import tensorflow as tf
 
 import keras
 
+__all__ = ['fit_distributed']
+
 
 def fit_distributed(model, dataset, strategy, losses, loss_weights, global_batch_size, epochs,
                     steps_per_epoch, initial_epoch=0, callbacks=(), verbose=1):
