@@ -3,10 +3,7 @@
 import os
 import sys
 
-# answer --help and argument errors without loading TensorFlow (see vxm_keras/__init__.py)
-os.environ.setdefault('VXM_KERAS_DEFER_IMPORTS', '1')
-
-from vxm_keras.commands.register import main  # noqa: E402
+from vxm_keras.commands.register import main
 
 if __name__ == '__main__':
     code = main()

@@ -1,12 +1,8 @@
 #!/usr/bin/env python
 """Train a VoxelMorph network: see ``python train.py --help``."""
-import os
 import sys
 
-# answer --help and argument errors without loading TensorFlow (see vxm_keras/__init__.py)
-os.environ.setdefault('VXM_KERAS_DEFER_IMPORTS', '1')
-
-from vxm_keras.commands.train import main  # noqa: E402
+from vxm_keras.commands.train import main
 
 if __name__ == '__main__':
     sys.exit(main())

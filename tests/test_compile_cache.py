@@ -30,7 +30,7 @@ print(json.dumps({'folder': folder, 'value': value}))
 
 def _run(env_changes):
     env = {k: v for k, v in os.environ.items() if k not in ('TF_XLA_FLAGS', 'TF_CPP_MIN_LOG_LEVEL')}
-    env.update(env_changes, VXM_KERAS_DEFER_IMPORTS='1')  # as the scripts import the package
+    env.update(env_changes)
     proc = subprocess.run([sys.executable, '-c', _PROGRAM], capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr

@@ -28,7 +28,7 @@ def test_plain_install_in_a_fresh_venv_finds_the_shipped_files(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ('VXM_KERAS_HOME', 'PYTHONPATH')}
     code = ('import os, vxm_keras.shipped as s; '
             'print(os.path.dirname(s.__file__)); print(s.DEFAULT_ATLAS); print(s.DEFAULT_MODEL)')
-    out = subprocess.run([python, '-c', code], cwd=tmp_path, env=dict(env, VXM_KERAS_DEFER_IMPORTS='1'),
+    out = subprocess.run([python, '-c', code], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     package, atlas, model = out.stdout.split()
@@ -76,7 +76,6 @@ def test_commands_start_keras_without_its_unused_extras():
     each imports again afterwards (matplotlib and scipy are dependencies, so they always can), and
     Keras works."""
     code = ('import sys, os\n'
-            'os.environ["VXM_KERAS_DEFER_IMPORTS"] = "1"\n'
             'from vxm_keras.device import KERAS_EXTRAS, setup_device, start_tensorflow\n'
             'setup_device(None)\n'
             'start_tensorflow()\n'
@@ -104,3 +103,32 @@ def test_hidden_modules_raise_import_error_inside_the_block_only():
         assert again is os
     import colorsys  # noqa: F401, F811
     assert sys.modules['colorsys'] is not None
+
+
+@pytest.mark.parametrize('order', ['vxm_keras', 'vxm_keras, keras', 'vxm_keras, tensorflow', 'keras, vxm_keras',
+                                   'tensorflow, vxm_keras'])
+def test_the_package_imports_without_tensorflow_and_saved_models_load_by_name_in_any_order(order):
+    """``import vxm_keras`` loads neither TensorFlow nor Keras (no environment switch, no look at
+    the command line), and a saved model loads with plain ``keras.models.load_model`` whichever of
+    the package, Keras and TensorFlow is imported first (vxm_keras.registry); the watched modules
+    get their own loaders back."""
+    from conftest import REPO
+    code = ('import sys\n'
+            'import vxm_keras\n'
+            'print("tensorflow" in sys.modules, "keras" in sys.modules)\n'
+            f'import {order}\n'
+            'import keras\n'
+            f'model = keras.models.load_model({os.path.join(REPO, "models", "vm2_atlas.h5")!r}, compile=False)\n'
+            'print(type(model).__name__, sorted({type(layer).__module__.split(".")[0] for layer in model.layers}))\n'
+            'print(type(sys.modules["keras"].__loader__).__name__,'
+            ' type(sys.modules["tensorflow"].__spec__.loader).__name__)\n')
+    if not order.startswith('vxm_keras'):  # the other one first
+        code = code.replace('import vxm_keras\nprint(', f'import {order.split(",")[0]}\nimport vxm_keras\nprint(', 1)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded, model, loaders = proc.stdout.strip().splitlines()[-3:]
+    if order.startswith('vxm_keras'):
+        assert loaded == 'False False'
+    assert model.split()[0] == 'VxmDense' and 'vxm_keras' in model
+    assert 'Loader' in loaders and '_Loader' not in loaders.split()

@@ -1,18 +1,15 @@
 """vxm_keras: unsupervised deformable image registration (VoxelMorph) in Keras 3.
 
-Importing the package registers its layers, losses and models with Keras, so
-saved models load with ``keras.models.load_model(path, compile=False)``.
-
-The command-line scripts set ``VXM_KERAS_DEFER_IMPORTS=1`` before importing
-the package, so ``--help`` and argument errors answer without loading
-TensorFlow; their code imports the Keras modules once it needs them.
+Importing the package does not load TensorFlow; its layers, losses and models are registered
+with Keras as soon as Keras and TensorFlow are loaded (before or after it), so saved models load
+with ``keras.models.load_model(path, compile=False)`` after ``import vxm_keras``. The names below
+(``vxm_keras.register``, ``vxm_keras.vm2``, ``vxm_keras.layers``, ...) load on first use.
 """
 
 import importlib
-import os
-import sys
 
 from .device import prefer_onednn, prefer_pooled_allocator
+from .registry import register_when_loaded
 
 # before TensorFlow loads: its oneDNN kernels on x86 unless TF_ENABLE_ONEDNN_OPTS says otherwise
 # (vxm_keras/device.py: Eigen's convolutions made a training step 10x slower), and its pooling CPU
@@ -28,18 +25,15 @@ _LAZY = {'load_model': 'modelio', 'save_model': 'modelio', 'vm1': 'networks', 'v
 _SUBMODULES = ('layers', 'losses', 'networks', 'modelio', 'unet', 'affine', 'native', 'registration', 'pipeline',
                'settings', 'grid')
 
-# commands that load TensorFlow only when they need it (prepare never, the benchmark in its workers)
-_ARGV = getattr(sys, 'orig_argv', [])
-_TF_FREE = '-m' in _ARGV[:-1] and _ARGV[_ARGV.index('-m') + 1] in ('vxm_keras.prepare', 'vxm_keras.bench',
-                                                                         'vxm_keras.bench.frontier',
-                                                                         'vxm_keras.bench.cpu')
+# the Keras objects registered once Keras and TensorFlow are loaded, not before (vxm_keras/registry.py)
+register_when_loaded()
 
-if os.environ.get('VXM_KERAS_DEFER_IMPORTS') != '1' and not _TF_FREE:
-    from . import layers, losses, networks  # noqa: F401  (registers Keras objects)
-    from .modelio import load_model, save_model  # noqa: F401
-    from .networks import vm1, vm2, vm2diff, vxm_net  # noqa: F401
-    from .pipeline import Registrar, register  # noqa: F401
-    from .registration import Registration  # noqa: F401
+
+__all__ = ['__version__', *_LAZY, *_SUBMODULES]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name):
