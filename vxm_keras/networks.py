@@ -191,7 +191,6 @@ class VxmDense(RegistrationModel):
         self._set_deformation(loss_field, warp, up, int_steps)
 
 
-
 @_register
 class VxmDenseProb(RegistrationModel):
     """Probabilistic diffeomorphic VoxelMorph (Dalca et al., MICCAI 2018 / MedIA 2019).
@@ -255,7 +254,6 @@ class VxmDenseProb(RegistrationModel):
         """Model ``[moving, fixed] -> [mean, log_sigma]``: the predicted distribution of the
         velocity, each ``(batch, *inshape / field_factor, ndim)``, variance ``exp(log_sigma)``."""
         return keras.Model(self.inputs, [self._field_tensor, self._log_sigma_tensor], name=self.name + '_variance')
-
 
 
 @_register
