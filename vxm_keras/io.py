@@ -111,7 +111,7 @@ def atomic_paths(paths, overwrite=True):
             raise
 
 
-def volume_extension(path):
+def volume_extension(path: str | os.PathLike) -> str:
     """The recognised extension of ``path`` (``'.nii.gz'`` counts as one), or raise."""
     name = os.fspath(path).lower()
     for ext in sorted(EXTENSIONS, key=len, reverse=True):
@@ -179,7 +179,7 @@ def _check_header(path, stream):
 WORKING_BYTES_PER_VOXEL = 16
 
 
-def available_memory():
+def available_memory() -> int | None:
     """Bytes of memory free for a new allocation (Linux ``MemAvailable``, else the physical
     memory), or ``None`` when the system does not say."""
     try:
@@ -236,7 +236,8 @@ def _read_image(path):
     return vol, np.asarray(img.affine, dtype=np.float64)
 
 
-def load_volfile(path, key=None, ret_affine=False, ndim=None, check_finite=False):
+def load_volfile(path: str | os.PathLike, key: str | None = None, ret_affine: bool = False, ndim: int | None = None,
+                 check_finite: bool = False):
     """Load a volume or label map.
 
     Args:
@@ -314,7 +315,8 @@ def _write_npz(path, arrays):
                 np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
-def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=None):
+def save_volfile(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray | None = None, overwrite: bool = False,
+                 key: str = 'vol', extra: dict | None = None) -> None:
     """Write a volume atomically (temporary file in the same folder, then rename).
 
     Args:
@@ -351,7 +353,7 @@ def save_volfile(path, array, affine=None, overwrite=False, key='vol', extra=Non
             nib.save(img, tmp)
 
 
-def load_idx(path):
+def load_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (MNIST / Fashion-MNIST format, optionally gzip-compressed).
 
     Returns a numpy array: ``(n, rows, cols)`` uint8 images or ``(n,)`` labels.

@@ -58,7 +58,7 @@ def wmparc_to_aseg(seg):
     return out
 
 
-def dice(seg1, seg2, labels=None):
+def dice(seg1: np.ndarray, seg2: np.ndarray, labels=None) -> tuple:
     """Dice overlap per label of two integer label maps of the same shape.
 
     Args:
@@ -85,7 +85,7 @@ def dice(seg1, seg2, labels=None):
     return labels, scores
 
 
-def jacobian_determinant(disp):
+def jacobian_determinant(disp: np.ndarray) -> np.ndarray:
     """Determinant of the Jacobian of ``x -> x + disp(x)`` at every voxel.
 
     Derivatives are central differences (one-sided at the borders), as
@@ -110,7 +110,7 @@ def jacobian_determinant(disp):
     return np.linalg.det(jac)
 
 
-def folding_fraction(disp):
+def folding_fraction(disp: np.ndarray) -> float:
     """Fraction of voxels where the Jacobian determinant is ``<= 0`` (folding).
 
     ``disp`` is ``(*spatial, ndim)``, see :func:`jacobian_determinant`.

@@ -22,7 +22,7 @@ __all__ = ['save_model', 'save_full', 'load_model', 'transfer_weights', 'count_p
 _CONFIG_ATTR = 'vxm_keras_model'
 
 
-def save_model(model, path, overwrite=False):
+def save_model(model: keras.Model, path: str | os.PathLike, overwrite: bool = False) -> None:
     """Save ``model`` atomically (temporary file in the same folder, then rename).
 
     ``path`` ending in ``.weights.h5`` saves weights only, plus a record of
@@ -62,7 +62,7 @@ def save_full(model, path):
         logger.removeFilter(notice)
 
 
-def load_model(path, compile=False):
+def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     """Load a vxm_keras model from ``.h5``, ``.keras`` or ``.weights.h5``.
 
     No custom objects are needed. ``.weights.h5`` files must come from
@@ -100,7 +100,7 @@ def load_model(path, compile=False):
         raise ModelFileError(f'{path}: cannot be loaded as a vxm_keras model: {err}') from err
 
 
-def transfer_weights(source, target):
+def transfer_weights(source: keras.Model, target: keras.Model) -> tuple:
     """Copy into ``target`` the weights of every layer of ``source`` with the same name
     and the same weight shapes (e.g. the encoder and first decoder levels of a trained
     VM-2 into a new ``vm2diff``, whose U-Net names its layers the same way).
@@ -125,6 +125,6 @@ def transfer_weights(source, target):
     return copied, skipped
 
 
-def count_params(model):
+def count_params(model: keras.Model) -> int:
     """Number of trainable parameters."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))

@@ -70,7 +70,7 @@ class Result:
     stages: dict = dataclasses.field(default_factory=dict)
 
 
-def compose(first, second, indexing='ij'):
+def compose(first: tf.Tensor, second: tf.Tensor, indexing: str = 'ij') -> tf.Tensor:
     """Displacement of ``T_first o T_second`` (sample by ``second``, then by ``first``):
     ``second + first o (id + second)``; both ``(batch, *spatial, ndim)`` tensors."""
     return second + spatial.transform(first, second, 'linear', indexing=indexing)
@@ -110,10 +110,8 @@ class Registration:
         self.inshape = tuple(model.inshape)
         self.indexing = model.indexing
         self._field_net = model.field_model()
-        # the network called as a plain function of tensors: predict_on_batch's data handling, its own
-        # traced loop and the copy to numpy are not needed for one pair
-        self._predict = tf.function(lambda moving, fixed: self._field_net([moving, fixed], training=False),
-                                    jit_compile=bool(xla), autograph=False)
+        if xla:  # predict_on_batch follows the compiled jit_compile setting
+            self._field_net.compile(jit_compile=True)
         self._finish = tf.function(self._finish_fn, autograph=False)
         self._warp_nearest = tf.function(
             lambda vol, warp: spatial.transform(vol, warp, 'nearest', indexing=self.indexing, vol_gradient=False),
@@ -125,7 +123,7 @@ class Registration:
 
     # -- checks -------------------------------------------------------------------------------
 
-    def check(self, vol, name='scan'):
+    def check(self, vol: np.ndarray, name: str = 'scan') -> None:
         """Raise ``ValueError`` naming ``name`` unless ``vol`` is on the model's grid."""
         vol = np.asarray(vol)
         if vol.ndim != len(self.inshape):
@@ -136,8 +134,10 @@ class Registration:
 
     # -- registration --------------------------------------------------------------------------
 
-    def register(self, moving, fixed, inverse=False, optimize=0, cascade=1, lam=OPT_LAMBDA, lr=DEFAULT_LR,
-                 image_loss='ncc', coarse=None, fine=None, fine_lam=FINE_LAMBDA, network=True):
+    def register(self, moving: np.ndarray, fixed: np.ndarray, inverse: bool = False, optimize: int = 0,
+                 cascade: int = 1, lam: float = OPT_LAMBDA, lr: float = DEFAULT_LR, image_loss: str = 'ncc',
+                 coarse: int | None = None, fine: int | None = None, fine_lam: float = FINE_LAMBDA,
+                 network: bool = True) -> Result:
         """Register ``moving`` to ``fixed``.
 
         Args:
@@ -181,7 +181,7 @@ class Registration:
         for k in range(int(cascade)):
             t_net = time.perf_counter()
             if network:
-                field = self._predict(current, fixed_b)
+                field = tf.convert_to_tensor(self._field_net.predict_on_batch([current, fixed_b]))
             else:
                 field = tf.zeros([1, *self._field_net.outputs[0].shape[1:]])
             stages['network'] = stages.get('network', 0.0) + time.perf_counter() - t_net
@@ -210,8 +210,10 @@ class Registration:
         inv = tf.cond(inverse, lambda: self.model.field_to_warp(field, inverse=True), lambda: tf.zeros_like(warp))
         return warp, inv
 
-    def optimize_field(self, field, moving, fixed, steps, lam=OPT_LAMBDA, lr=DEFAULT_LR, image_loss='ncc',
-                       quarter_steps=None, fine_steps=None, fine_lam=FINE_LAMBDA, stages=None):
+    def optimize_field(self, field: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor, steps: int,
+                       lam: float = OPT_LAMBDA, lr: float = DEFAULT_LR, image_loss: str = 'ncc',
+                       quarter_steps: int | None = None, fine_steps: int | None = None,
+                       fine_lam: float = FINE_LAMBDA, stages: dict | None = None) -> tuple[tf.Tensor, list]:
         """Instance-specific optimisation of a field on one pair, coarse to fine.
 
         Args:
@@ -319,7 +321,7 @@ class Registration:
 
     # -- uncertainty ---------------------------------------------------------------------------
 
-    def uncertainty(self, moving, fixed, samples=16, seed=0):
+    def uncertainty(self, moving: np.ndarray, fixed: np.ndarray, samples: int = 16, seed: int = 0) -> np.ndarray:
         """Per-voxel uncertainty of the displacement (probabilistic models: ``vm2diff``, MICCAI 2018).
 
         Velocities are drawn from the predicted ``N(mean, exp(log_sigma))``, each integrated to a
@@ -356,7 +358,7 @@ class Registration:
 
     # -- applying a result ---------------------------------------------------------------------
 
-    def warp_labels(self, seg, warp):
+    def warp_labels(self, seg: np.ndarray, warp: np.ndarray) -> np.ndarray:
         """Warp an integer label map ``(*inshape)`` by ``warp`` ``(*inshape, ndim)`` with
         nearest-neighbour sampling; returns int32 ``(*inshape)`` (labels exact below 2**24)."""
         self.check(seg, 'labels')
@@ -364,7 +366,7 @@ class Registration:
                                  np.asarray(warp, np.float32)[None])
         return np.rint(out.numpy()[0, ..., 0]).astype(np.int32)
 
-    def warp_image(self, vol, warp):
+    def warp_image(self, vol: np.ndarray, warp: np.ndarray) -> np.ndarray:
         """Warp an image ``(*inshape)`` by ``warp`` with (tri)linear interpolation."""
         self.check(vol, 'image')
         out = self._warp_linear(np.asarray(vol, np.float32)[None, ..., None], np.asarray(warp, np.float32)[None])

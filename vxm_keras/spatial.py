@@ -23,7 +23,8 @@ from .fusion import fused, fused_with_recomputed_gradient, recomputed_gradient
 __all__ = ['interpn', 'transform', 'integrate_velocity', 'rescale_field', 'upsample_linear', 'box_sum']
 
 
-def interpn(vol, loc, interp_method='linear', fill_value=None):
+def interpn(vol: tf.Tensor, loc: tf.Tensor, interp_method: str = 'linear',
+            fill_value: float | None = None) -> tf.Tensor:
     """Sample a batch of volumes at arbitrary (fractional) voxel locations.
 
     Args:
@@ -129,7 +130,8 @@ def _interp_components(vol, comps, interp_method='linear', fill_value=None):
     return out
 
 
-def transform(vol, disp, interp_method='linear', indexing='ij', fill_value=None, vol_gradient=True):
+def transform(vol: tf.Tensor, disp: tf.Tensor, interp_method: str = 'linear', indexing: str = 'ij',
+              fill_value: float | None = None, vol_gradient: bool = True) -> tf.Tensor:
     """Warp a batch of volumes by a dense displacement field.
 
     The result at voxel ``x`` is ``vol`` sampled at ``x + disp(x)``.
@@ -204,7 +206,7 @@ def _transform_constant_volume(vol, disp, interp_method, fill_value):
     return _CONSTANT_VOLUME[key](tf.cast(vol, tf.float32), disp)
 
 
-def integrate_velocity(vel, int_steps, indexing='ij'):
+def integrate_velocity(vel: tf.Tensor, int_steps: int, indexing: str = 'ij') -> tf.Tensor:
     """Displacement of the exponential of a stationary velocity, by scaling and squaring.
 
     Args:
@@ -230,7 +232,7 @@ def _axis_range(volshape, axis):
     return tf.reshape(tf.range(int(volshape[axis]), dtype=tf.float32), shape)
 
 
-def rescale_field(disp, factor):
+def rescale_field(disp: tf.Tensor, factor: float) -> tf.Tensor:
     """Resize a displacement field by ``factor`` and scale its values with it.
 
     Output voxel ``i`` samples the input at ``i / factor`` (linear
@@ -257,7 +259,7 @@ def rescale_field(disp, factor):
     return _interp_components(disp, comps, 'linear') * float(factor)
 
 
-def upsample_linear(x, factor):
+def upsample_linear(x: tf.Tensor, factor: int) -> tf.Tensor:
     """Linear upsampling by an integer ``factor`` along every spatial axis, separably.
 
     Output voxel ``i`` takes the input at ``i / factor`` (so voxel 0 stays at 0),
@@ -300,7 +302,7 @@ def _upsample_linear(y, factor):
     return y
 
 
-def box_sum(x, win):
+def box_sum(x: tf.Tensor, win) -> tf.Tensor:
     """Sum over a centred box window at every voxel, zeros outside the volume.
 
     Equals a 'SAME'-padded convolution with a ones kernel of size ``win``, for each channel
