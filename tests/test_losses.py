@@ -281,7 +281,7 @@ with tf.GradientTape() as tape:
     up = spatial.upsample_linear(field, 2)
     value = tf.reduce_sum(up * up)
 out['upsample'], out['upsample_grad'] = up.numpy(), tape.gradient(value, field).numpy()
-out['compiled'] = np.array(hasattr(losses._grad.forward, 'get_concrete_function'))
+out['compiled'] = np.array(hasattr(losses._grad.forward, 'compiled'))
 np.savez(sys.argv[2], **out)
 '''
     results = []

@@ -235,7 +235,7 @@ def mind_pairs(ndim):
 def _shift(padded, offset, pad, shape):
     """``x(p + offset)`` for every voxel ``p`` of ``x``, from ``x`` padded by ``pad`` per side."""
     begin = [0] + [pad + o for o in offset] + [0]
-    return tf.slice(padded, begin, [-1, *shape, -1])
+    return tf.slice(padded, begin, tf.concat([[-1], shape, [-1]], 0))
 
 
 def mind_ssc(image, radius=1, dilation=2):
@@ -260,7 +260,7 @@ def mind_ssc(image, radius=1, dilation=2):
 def _mind_differences(image, dilation):
     """``(I(x + a) - I(x + b))^2`` for each neighbour pair, ``(batch, *spatial, pairs)``."""
     ndim = len(image.shape) - 2
-    shape = list(image.shape[1:-1])
+    shape = tf.shape(image)[1:-1]
     pad = int(dilation)
     padded = tf.pad(image, [[0, 0]] + [[pad, pad]] * ndim + [[0, 0]], mode='SYMMETRIC')
     shifted = {}
@@ -539,19 +539,25 @@ def degree_matrix(volshape):
     return sum(_axis_degrees(volshape), np.zeros(volshape, dtype=np.float32))
 
 
+def _degree_terms(volshape):
+    """The per-axis counts of :func:`_axis_degrees` as tensors shaped to broadcast against
+    ``(*volshape, 1)``: the graph holds vectors of the axis lengths, not a volume-sized constant."""
+    return tuple(tf.constant(count[..., None]) for count in _axis_degrees(volshape))
+
+
 def _degree(volshape):
-    """:func:`degree_matrix` ``(*volshape, 1)`` as a sum of per-axis 1-D counts: the graph holds
-    vectors of the axis lengths, not a volume-sized constant."""
-    return sum(tf.constant(count[..., None]) for count in _axis_degrees(volshape))
+    """:func:`degree_matrix` ``(*volshape, 1)`` from :func:`_degree_terms`."""
+    return sum(_degree_terms(volshape))
 
 
 @_fused
-def _kl(params, prior_lambda):
-    """Per-sample KL of :class:`KL` from ``params = concat([mu, log_sigma], -1)``."""
+def _kl(params, degree_terms, prior_lambda):
+    """Per-sample KL of :class:`KL` from ``params = concat([mu, log_sigma], -1)`` and the
+    grid's :func:`_degree_terms` (arguments, so that one trace serves every grid size)."""
     ndim = len(params.shape) - 2
     mean = params[..., :ndim]
     log_sigma = params[..., ndim:]
-    deg = _degree(tuple(params.shape[1:-1]))
+    deg = sum(degree_terms)
     sigma_term = _per_sample_mean(prior_lambda * deg * tf.exp(log_sigma) - log_sigma)
     prec = tf.add_n([_per_sample_mean(d * d) for d in forward_differences(mean)])
     prec_term = prior_lambda * 0.5 * prec / ndim
@@ -580,7 +586,8 @@ class KL(keras.losses.Loss):
         self.prior_lambda = float(prior_lambda)
 
     def call(self, y_true, y_pred):
-        return _kl(tf.cast(y_pred, tf.float32), self.prior_lambda)
+        y_pred = tf.cast(y_pred, tf.float32)
+        return _kl(y_pred, _degree_terms(tuple(y_pred.shape[1:-1])), self.prior_lambda)
 
     def get_config(self):
         config = super().get_config()

@@ -15,7 +15,6 @@ tested against ``scipy.ndimage.map_coordinates``.
 
 import itertools
 
-import numpy as np
 import tensorflow as tf
 
 from .fusion import fused, fused_with_recomputed_gradient, recomputed_gradient
@@ -59,10 +58,9 @@ def _interp_components(vol, comps, interp_method='linear', fill_value=None):
     if interp_method not in ('linear', 'nearest'):
         raise ValueError(f"interp_method must be 'linear' or 'nearest', got {interp_method!r}")
     vol = tf.cast(vol, tf.float32)
-    volshape = vol.shape[1:-1]
-    ndim = len(volshape)
-    if any(n is None for n in volshape):
-        raise ValueError(f'interpn needs static spatial dimensions, got {vol.shape}')
+    ndim = len(vol.shape) - 2
+    # sizes as tensors: the compiled callers are traced once for any shape (fusion.fused)
+    volshape = tf.shape(vol)[1:-1]
     comps = [tf.cast(c, tf.float32) for c in comps]
     out_shape = comps[0].shape
     for c in comps[1:]:
@@ -74,15 +72,15 @@ def _interp_components(vol, comps, interp_method='linear', fill_value=None):
     for c in comps:
         c.set_shape(out_shape)
 
-    nvox = int(np.prod(volshape))
+    nvox = tf.reduce_prod(volshape)
     channels = tf.shape(vol)[-1]
     batch = tf.shape(vol)[0]
     # gather from a flat (batch * nvox, channels) table: one gather per corner
     flat = tf.reshape(vol, [-1, channels])
-    strides = [int(np.prod(volshape[d + 1:])) for d in range(ndim)]
+    strides = [tf.reduce_prod(volshape[d + 1:]) for d in range(ndim)]
     out_rank = len(out_shape)  # batch + out_spatial
     batch_offset = tf.reshape(tf.range(batch) * nvox, [-1] + [1] * (out_rank - 1))
-    max_loc = [float(n - 1) for n in volshape]
+    max_loc = [tf.cast(volshape[d] - 1, tf.float32) for d in range(ndim)]
     # a NaN location would become an out-of-range index (a crash on CPU): sample at 0
     # instead and return NaN there, so a diverging field still shows up in the loss
     nan = None
@@ -174,7 +172,8 @@ def transform(vol: tf.Tensor, disp: tf.Tensor, interp_method: str = 'linear', in
 
 def _sample_at_displacement(vol, disp, interp_method, fill_value):
     """``vol`` sampled at ``x + disp(x)``, ``ij`` displacement (:func:`transform`'s work)."""
-    comps = [c + _axis_range(vol.shape[1:-1], d) for d, c in enumerate(tf.unstack(disp, axis=-1))]
+    volshape = tf.shape(vol)[1:-1]
+    comps = [c + _axis_range(volshape, d, len(vol.shape) - 2) for d, c in enumerate(tf.unstack(disp, axis=-1))]
     return _interp_components(vol, comps, interp_method=interp_method, fill_value=fill_value)
 
 
@@ -224,12 +223,14 @@ def integrate_velocity(vel: tf.Tensor, int_steps: int, indexing: str = 'ij') -> 
     return disp
 
 
-def _axis_range(volshape, axis):
+def _axis_range(volshape, axis, ndim=None):
     """``0 .. n-1`` along spatial ``axis``, shaped ``(1, *ones, n, *ones)`` to broadcast
-    against ``(batch, *volshape)``."""
-    shape = [1] * (len(volshape) + 1)
-    shape[axis + 1] = int(volshape[axis])
-    return tf.reshape(tf.range(int(volshape[axis]), dtype=tf.float32), shape)
+    against ``(batch, *volshape)``; ``volshape`` a sequence of ints or a 1-D tensor (then
+    ``ndim`` its length)."""
+    ndim = len(volshape) if ndim is None else ndim
+    shape = [1] * (ndim + 1)
+    shape[axis + 1] = -1
+    return tf.reshape(tf.range(volshape[axis], dtype=tf.float32), shape)
 
 
 def rescale_field(disp: tf.Tensor, factor: float) -> tf.Tensor:
@@ -286,19 +287,17 @@ def _upsample_linear(y, factor):
     # (their gradient took 0.22 s against 0.11 s at 160x192x224 without XLA)
     ndim = len(y.shape) - 2
     for axis in range(1, ndim + 1):
-        n = y.shape[axis]
-        rest, last = [0] * (ndim + 2), [0] * (ndim + 2)
-        rest[axis], last[axis] = 1, n - 1
+        n = tf.shape(y)[axis]
+        rest = [0] * (ndim + 2)
+        rest[axis] = 1
+        last = tf.one_hot(axis, ndim + 2, on_value=n - 1, off_value=0)
         size = [-1] * (ndim + 2)
         size[axis] = 1
         nxt = tf.concat([tf.slice(y, rest, [-1] * (ndim + 2)), tf.slice(y, last, size)], axis=axis)
         step = nxt - y
         # output index factor * k + r samples k + r / factor
         y = tf.stack([y + (r / factor) * step for r in range(factor)], axis=axis + 1)
-        shape = tf.concat([tf.shape(y)[:axis], [n * factor], tf.shape(y)[axis + 2:]], 0)
-        static = y.shape[:axis].concatenate([n * factor]).concatenate(y.shape[axis + 2:])
-        y = tf.reshape(y, shape)
-        y.set_shape(static)
+        y = tf.reshape(y, tf.concat([tf.shape(y)[:axis], [n * factor], tf.shape(y)[axis + 2:]], 0))
     return y
 
 
@@ -349,8 +348,7 @@ def _box_sum_axis(x, axis, win):
     padding = [[0, 0]] * rank
     padding[axis] = [radius, radius]
     padded = tf.pad(x, padding)
-    size = [-1] * rank
-    size[axis] = x.shape[axis]
+    size = tf.one_hot(axis, rank, on_value=tf.shape(x)[axis], off_value=-1)
     total = None
     for shift in range(win):
         begin = [0] * rank
