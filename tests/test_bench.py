@@ -68,6 +68,17 @@ def test_bench_reads_the_unet_resolution_of_a_saved_model(tmp_path):
         assert _unet_downsize(path) == downsize
 
 
+def test_cpu_benchmark_takes_the_median_run():
+    """Repeated runs: the median one (the lower middle of an even count) with every run's seconds;
+    a failed run is reported, not hidden among the others."""
+    from vxm_keras.bench.cpu import _median_run
+    runs = [{'wall': 12.0, 'printed': 'a'}, {'wall': 9.0, 'printed': 'b'}, {'wall': 10.0, 'printed': 'c'}]
+    assert _median_run(runs, 'wall') == {'wall': 10.0, 'printed': 'c', 'runs': [12.0, 9.0, 10.0]}
+    assert _median_run(runs + [{'wall': 11.0}], 'wall')['wall'] == 10.0
+    assert _median_run(runs[:1], 'wall')['runs'] == [12.0]
+    assert _median_run(runs + [{'error': 'boom'}], 'wall') == {'error': 'boom'}
+
+
 def test_cpu_report_renders_known_results():
     """The CPU benchmark's table from known numbers: register.py 50 s (its first run, compiling,
     60 s) against SyN 100 s is 0.50 of SyN's time; the worker's 40 s less its registrations (20 + 10 s) and writing (1 s) leave
@@ -85,3 +96,10 @@ def test_cpu_report_renders_known_results():
     assert cells[1:6] == ['False', '50.0', '0.50', '60.0', '9.0']
     assert cells[6:11] == ['2.00 / 1.00', '3.00 / 1.00', '5.00 / 3.00', '9.00 / 4.50', '1.00 / 0.50']
     assert cells[11:] == ['20.0', '10.0', '1.00', '2.00', '1.00000']
+    # repeated runs: the medians' ratio, the ranges beside them
+    results['rows'][0]['register_py'] = {'wall': 50.0, 'runs': [55.0, 50.0, 45.0]}
+    results['syn'].update(seconds=125.0, runs=[125.0, 120.0, 130.0])
+    text = render(results)
+    row = next(line for line in text.splitlines() if line.startswith('| off'))
+    assert [c.strip() for c in row.strip('|').split('|')][2:4] == ['50.0 (45.0-55.0)', '0.40']
+    assert 'same pair: 125.0 (120.0-130.0) s' in text
