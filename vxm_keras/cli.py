@@ -181,7 +181,8 @@ def check_registration(args):
     if getattr(args, 'cross_contrast', False):
         if args.optimize < 1 or args.cascade != 1:
             fail('--cross-contrast refines from the affine alignment: it needs --optimize > 0 and --cascade 1')
-        options.update(image_loss=CROSS_CONTRAST.image_loss, network=CROSS_CONTRAST.network)
+        options.update(image_loss=CROSS_CONTRAST.image_loss, network=CROSS_CONTRAST.network,
+                       fine_lam=CROSS_CONTRAST.fine_lam)
     DEFAULT.replace(**options)  # the settings' own checks; the flags' above give the user's words
     return options
 

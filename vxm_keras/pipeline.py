@@ -25,7 +25,7 @@ from . import native
 from .grid import TARGET_AFFINE, is_model_grid
 from .io import load_volfile
 from .registration import Registration
-from .settings import DEFAULT, Refinement
+from .settings import CONTRAST_FREE, DEFAULT, Refinement
 
 __all__ = ['load_scan', 'Registrar', 'register']
 
@@ -133,8 +133,8 @@ class Registrar:
             settings: the refinement (:mod:`vxm_keras.settings`; ``NETWORK_ALONE``,
                 ``CROSS_CONTRAST`` for a T2/FLAIR/PD moving scan and a T1 fixed scan).
             alignment: the metric of the affine alignments of scans off the model grid: ``'ncc'``
-                or ``'mi'`` (mutual information); default ``'mi'`` when the image term is MIND
-                (scans of different contrasts, where NCC misplaces a T2 by millimetres), else
+                or ``'mi'`` (mutual information); default ``'mi'`` when the image term compares
+                contrasts (``settings.CONTRAST_FREE``: NGF, MIND; NCC misplaces a T2 by millimetres), else
                 ``'ncc'`` (as accurate on one contrast, and faster).
             changes: single settings changed from ``settings`` (``optimize=50``, ``lam=1``, ...).
 
@@ -149,7 +149,7 @@ class Registrar:
         moving = load_scan(moving, 'moving')
         settings = settings.replace(**changes)
         if alignment is None:
-            alignment = 'mi' if settings.image_loss == 'mind' else 'ncc'
+            alignment = 'mi' if settings.image_loss in CONTRAST_FREE else 'ncc'
         if alignment not in ('ncc', 'mi'):
             raise ValueError(f"alignment must be 'ncc' or 'mi', got {alignment!r}")
         shape = tuple(self.engine.inshape)

@@ -150,8 +150,8 @@ class Registration:
             lam: smoothness weight of the optimisation loss (``OPT_LAMBDA``).
             lr: Adam step size of the optimisation, voxels of the field's grid.
             image_loss: the optimisation's image term (:data:`IMAGE_LOSSES`): ``'ncc'`` (9^3
-                window), ``'mse'``, or ``'mind'`` (MIND-SSC descriptors) for a moving scan whose
-                contrast differs from the fixed scan's.
+                window), ``'mse'``; for a moving scan whose contrast differs from the fixed
+                scan's ``'ngf'`` (normalised gradient fields) or ``'mind'`` (MIND-SSC descriptors).
             coarse: steps of the optimisation at a quarter of the resolution, before the
                 ``optimize`` steps (default ``COARSE_STEPS``; only with ``optimize`` > 0).
             fine: steps at full resolution after them (default ``FINE_STEPS``; only with

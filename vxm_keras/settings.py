@@ -12,7 +12,8 @@ command-line help is written from :data:`HELP`.
 
 import dataclasses
 
-__all__ = ['Refinement', 'DEFAULT', 'NETWORK_ALONE', 'CROSS_CONTRAST', 'IMAGE_LOSS_WEIGHTS', 'TRAINING_LAMBDA',
+__all__ = ['Refinement', 'DEFAULT', 'NETWORK_ALONE', 'CROSS_CONTRAST', 'CONTRAST_FREE', 'IMAGE_LOSS_WEIGHTS',
+           'TRAINING_LAMBDA',
            'HELP', 'help_text']
 
 # The image terms of the refinement by name and each one's weight against the smoothness weights
@@ -20,12 +21,15 @@ __all__ = ['Refinement', 'DEFAULT', 'NETWORK_ALONE', 'CROSS_CONTRAST', 'IMAGE_LO
 # was measured on training subjects made T2-like (sub-01, 03, 05 to each other's T1: weight 20 / 10 /
 # 5 / 2.5 / 1.25 gave Dice 0.683 / 0.700 / 0.714 / 0.730 / 0.738, affine 0.705) and on the MNI152
 # T2 -> T1 (0.808 / 0.816 / 0.815 / 0.792 for 10 / 5 / 2.5 / 1.25), which ruled out 1.25
-# (models/README.md, "Other contrasts")
-IMAGE_LOSS_WEIGHTS = {'ncc': 1.0, 'mse': 1.0, 'mind': 2.5}
+# (models/README.md, "Other contrasts"). 'ngf' (normalised gradient fields), --cross-contrast's term
+# since 2026-12-06: on the same training pairs, weight 0.25 / 0.5 / 1 / 4 / 16 gave 0.740 / 0.742 /
+# 0.737 / 0.709 / 0.682 with its edge threshold 0.5, and 1 / 1.5 / 2 gave 0.755 / 0.757 / 0.757 with
+# the threshold 2 (the losses.NGF default): weight 1, in 4 s a pair against MIND's 13 s (0.730)
+IMAGE_LOSS_WEIGHTS = {'ncc': 1.0, 'mse': 1.0, 'mind': 2.5, 'ngf': 1.0}
 # train.py's default smoothness weight (--lambda) for each image term (with the weight above on the
-# image term): 1 for NCC and 0.01 for MSE as in the papers; MIND's is set so that MIND's weighted
-# term and NCC's meet the same smoothness, as in the refinement, not tuned by training runs
-TRAINING_LAMBDA = {'ncc': 1.0, 'mse': 0.01, 'mind': 1.0}
+# image term): 1 for NCC and 0.01 for MSE as in the papers; MIND's and NGF's are set so that their
+# weighted terms and NCC's meet the same smoothness, as in the refinement, not tuned by training runs
+TRAINING_LAMBDA = {'ncc': 1.0, 'mse': 0.01, 'mind': 1.0, 'ngf': 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +84,12 @@ class Refinement:
 # (network alone) to 0.789 Dice, past ANTs SyN (0.759 in the same run), in 8.8 s against 54.8 s
 DEFAULT = Refinement()
 NETWORK_ALONE = Refinement(optimize=0)
-# --cross-contrast: MIND-SSC from the affine alignment (the networks saw T1 pairs only); with image_loss
-# 'mind', pipeline.Registrar aligns scans off the grid by mutual information
-CROSS_CONTRAST = Refinement(image_loss='mind', network=False)
+# --cross-contrast: normalised gradient fields from the affine alignment (the networks saw T1 pairs only),
+# smoothness 2 in the full-resolution steps (on the training pairs 0.759 against 0.755 with 4); with
+# an image term of CONTRAST_FREE, pipeline.Registrar aligns scans off the grid by mutual information
+CROSS_CONTRAST = Refinement(image_loss='ngf', network=False, fine_lam=2.0)
+# the image terms that compare scans of different contrasts
+CONTRAST_FREE = ('mind', 'ngf')
 
 # command-line help for each setting, with its default written in
 HELP = {
@@ -97,7 +104,7 @@ HELP = {
     'cascade': 'apply the network K times, each on the previous result, composing the fields (default {cascade})',
     'cross_contrast': ("the moving scan's contrast differs from the fixed scan's (T2, FLAIR or PD to a T1): scans "
                        'off the model grid are aligned by mutual information instead of correlation, and the '
-                       'refinement compares MIND-SSC descriptors instead of intensities, starting from the '
+                       'refinement compares edges (normalised gradient fields) instead of intensities, starting from the '
                        'affine alignment rather than the network, which saw T1 pairs only (models/README.md)'),
 }
 

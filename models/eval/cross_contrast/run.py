@@ -38,7 +38,11 @@ reg = Registration.load(vxm_keras.shipped.shipped_file('models/vm2_scan2scan.h5'
 reg = Registration(vxm_keras.shipped.shipped_file('models/vm2_scan2scan.h5'))
 
 def run(method, moving, fixed):
-    """method: (image_loss, start[, fine steps]) with start 'net' or 'zero'; returns the Result."""
+    """method: ('cross',) for settings.CROSS_CONTRAST (--cross-contrast), else (image_loss, start[, fine
+    steps]) with start 'net' or 'zero'; returns the Result."""
+    if method == ('cross',):
+        from vxm_keras.settings import CROSS_CONTRAST
+        return reg.register(moving, fixed, **CROSS_CONTRAST.as_kwargs())
     loss, start = method[:2]
     fine = int(method[2]) if len(method) > 2 else None
     return reg.register(moving, fixed, optimize=20, image_loss=loss, network=start == 'net', fine=fine)
@@ -69,5 +73,5 @@ for name, mv, ms, fixed in pairs:
         row[':'.join(m)] = (round(float(dsc), 4), round(100 * float(fold), 3), round(sec, 1))
     print(json.dumps(row), flush=True)
 
-# usage: NDEF=2 python models/eval/cross_contrast/run.py ncc:net mind:zero mind:zero:0 syn
+# usage: NDEF=2 python models/eval/cross_contrast/run.py ncc:net mind:zero mind:zero:0 cross syn
 #   (one JSON line per pair: Dice over the paper's structures present, folding %, seconds)
