@@ -112,7 +112,7 @@ def collect(settings, peers, optimize, tmp, repeats=1):
             moved = load_volfile(path)
             first = moved if first is None else first
             row['moved_ncc_to_first'] = global_ncc(moved, first)
-    results = {'rows': rows, 'optimize': optimize}
+    results = {'rows': rows, 'optimize': optimize, 'repeats': repeats}
     if peers:
         runs = []
         for k in range(repeats):
@@ -145,10 +145,11 @@ def render(results):
              'The quick start\'s pair (`data/example_moving.npz` to `data/atlas.npz`), the shipped '
              f'`models/vm2_atlas.h5`, the default refinement ({results["optimize"]} half-resolution steps '
              'with the default coarse and full-resolution ones). "register.py" is the whole command '
-             'as a user runs it (start-up and tracing included), run twice with a new compilation '
-             'cache: the first run on a machine compiles the XLA kernels, later runs load them '
-             '(`vxm_keras/compile_cache.py`); the later runs\' median (range), and "x SyN" is that median '
-             'over the median of SyN\'s runs. The stages are a third '
+             'as a user runs it (start-up and tracing included), with a new compilation cache: a first '
+             'run, which compiles the XLA kernels as the first run on a machine does, then '
+             f'{results.get("repeats", 1)} later runs, which load them (`vxm_keras/compile_cache.py`), '
+             'taken in turns across the settings: their median (range); "x SyN" is that median over '
+             'the median of SyN\'s runs. The stages are a further '
              'process, with that cache, registering the pair twice through the library: the first '
              'pair (what a one-scan command pays) and the second (each further pair of a batch).', '',
              '| setting | oneDNN | register.py s | x SyN | register.py s, first run | start-up and load s | '
