@@ -118,18 +118,23 @@ def test_register_writes_outputs_keeping_affine(dataset, tmp_path):
 def test_register_bad_inputs(dataset, tmp_path):
     model = dataset / 'run' / '0002.h5'
     atlas = dataset / 'atlas.npz'
-    save_volfile(tmp_path / 'small.npz', np.zeros((32, 32, 16), np.float32))
-    save_volfile(tmp_path / 'flat.npz', np.zeros((32, 32), np.float32))
+    save_volfile(tmp_path / 'small.npz', np.random.default_rng(1).random((32, 32, 16)).astype(np.float32))
+    save_volfile(tmp_path / 'flat.npz', np.random.default_rng(2).random((32, 32)).astype(np.float32))
     nan = np.zeros(SHAPE, np.float32)
     nan[3, 3, 3] = np.nan
     save_volfile(tmp_path / 'nan.npz', nan)
     np.savez(tmp_path / 'oddkey.npz', image=np.zeros(SHAPE, np.float32), other=np.zeros(3))
     (tmp_path / 'trunc.nii.gz').write_bytes((dataset / 'train' / 's0.npz').read_bytes()[:100])
+    save_volfile(tmp_path / 'constant.npz', np.full(SHAPE, 0.5, np.float32))
+    save_volfile(tmp_path / 'echoes.nii.gz', np.random.default_rng(0).random(SHAPE + (3,)).astype(np.float32))
     cases = [
         (['--moving', tmp_path / 'missing.npz'], 'missing.npz: file not found'),
         (['--moving', tmp_path / 'small.npz'], 'differs from the fixed scan'),
         (['--moving', tmp_path / 'flat.npz', '--fixed', tmp_path / 'flat.npz'], 'flat.npz: a 2-D scan, but the model registers 3-D'),
         (['--moving', tmp_path / 'nan.npz'], 'NaN'),
+        (['--moving', tmp_path / 'constant.npz'], 'constant.npz: every voxel is 0.5: a constant image has nothing'),
+        (['--moving', tmp_path / 'constant.npz', '--cross-contrast'], 'constant.npz: every voxel is 0.5'),
+        (['--moving', tmp_path / 'echoes.nii.gz'], 'echoes.nii.gz: expected a 2-D or 3-D scan, got shape'),
         (['--moving', tmp_path / 'oddkey.npz'], 'keys found: image, other'),
         (['--moving', tmp_path / 'trunc.nii.gz'], 'trunc.nii.gz: cannot read'),
         (['--moving', atlas, '--model', tmp_path / 'nomodel.h5'], 'nomodel.h5: model file not found'),
@@ -177,7 +182,8 @@ def test_register_batch_skips_bad_inputs_and_resumes(dataset, tmp_path):
     for i in range(3):
         vol, _ = blob(np.array(SHAPE) / 2 + (i, -i, 0))
         save_volfile(scans / f'good{i}.nii.gz', vol, affine=AFFINE)
-    save_volfile(scans / 'wrongshape.npz', np.zeros((32, 32, 16), np.float32))
+    save_volfile(scans / 'wrongshape.npz', np.random.default_rng(1).random((32, 32, 16)).astype(np.float32))
+    save_volfile(scans / 'blank.nii.gz', np.zeros(SHAPE, np.float32), affine=AFFINE)
     (scans / 'broken.nii.gz').write_bytes(b'\x1f\x8b garbage')
     out = tmp_path / 'out'
     proc = script('register.py', '--moving', scans, '--fixed', dataset / 'atlas.npz', '--model', model,
@@ -185,7 +191,8 @@ def test_register_batch_skips_bad_inputs_and_resumes(dataset, tmp_path):
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert 'wrongshape.npz: shape (32, 32, 16) differs' in proc.stderr
     assert 'broken.nii.gz: cannot read' in proc.stderr
-    assert '3 registered, 0 already done, 2 failed of 5 scans' in proc.stdout
+    assert 'blank.nii.gz: every voxel is 0: a constant image has nothing to register' in proc.stderr
+    assert '3 registered, 0 already done, 3 failed of 6 scans' in proc.stdout
     expected = sorted([f'good{i}_moved.nii.gz' for i in range(3)] + [f'good{i}_warp.nii.gz' for i in range(3)])
     assert sorted(os.listdir(out)) == expected
     # each output equals a single registration of the same scan

@@ -381,6 +381,8 @@ def test_registrar_registers_many_scans_as_the_engine_does(dataset):
     np.testing.assert_allclose(second.warp, network.warp, atol=1e-5)
     assert second.grid.losses == []
     with pytest.raises(ValueError, match='differs from the fixed scan'):
-        registrar.register(np.zeros((32, 32, 30), np.float32))
+        registrar.register(np.random.default_rng(0).random((32, 32, 30)).astype(np.float32))
+    with pytest.raises(ValueError, match='moving: every voxel is 0.25: a constant image'):
+        registrar.register(np.full((32, 32, 32), 0.25, np.float32))
     with pytest.raises(ValueError, match='image_loss must be one of'):
         registrar.register(atlas, image_loss='nmi')

@@ -20,7 +20,7 @@ from .errors import UserError
 
 __all__ = ['EXTENSIONS', 'DEFAULT_NPZ_KEYS', 'InputFileError', 'VolumeError', 'ModelFileError', 'TEMP_PATTERN',
            'atomic_path', 'atomic_paths', 'volume_extension', 'MAX_ARRAY_BYTES', 'WORKING_BYTES_PER_VOXEL',
-           'available_memory', 'load_volfile', 'save_volfile', 'load_idx']
+           'available_memory', 'load_volfile', 'check_not_constant', 'save_volfile', 'load_idx']
 
 EXTENSIONS = ('.npz', '.npy', '.nii', '.nii.gz', '.mgz')
 # keys tried, in order, when an npz is read without an explicit key
@@ -234,6 +234,15 @@ def _read_image(path):
     if vol.ndim == 4 and vol.shape[-1] == 1:
         vol = vol[..., 0]
     return vol, np.asarray(img.affine, dtype=np.float64)
+
+
+def check_not_constant(vol: np.ndarray, name: str) -> None:
+    """Raise :class:`VolumeError` naming ``name`` if every voxel of the scan ``vol`` has one value:
+    no image term (NCC, NGF, MIND, mutual information) can compare it, and the registration would
+    return the network's guess alone."""
+    vol = np.asarray(vol)
+    if vol.size and np.issubdtype(vol.dtype, np.number) and vol.min() == vol.max():
+        raise VolumeError(f'{name}: every voxel is {float(vol.flat[0]):g}: a constant image has nothing to register')
 
 
 def load_volfile(path: str | os.PathLike, key: str | None = None, ret_affine: bool = False, ndim: int | None = None,

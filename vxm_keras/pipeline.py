@@ -23,7 +23,7 @@ import numpy as np
 
 from . import native
 from .grid import TARGET_AFFINE, is_model_grid
-from .io import load_volfile
+from .io import check_not_constant, load_volfile
 from .registration import Registration
 from .settings import CONTRAST_FREE, DEFAULT, Refinement
 
@@ -35,22 +35,26 @@ def load_scan(source, name=None) -> native.Scan:
     ``(array, affine)`` pair or an array (``affine`` ``None``: on the model grid).
 
     Raises:
-        VolumeError: an unreadable file, or one holding non-finite values (names the file).
+        VolumeError: an unreadable file, one holding non-finite values, or one of a single
+            intensity (no image term can compare it; names the file).
     """
     if isinstance(source, native.Scan):
-        return source
-    if isinstance(source, (str, os.PathLike)):
+        scan = source
+    elif isinstance(source, (str, os.PathLike)):
         vol, affine = load_volfile(source, ret_affine=True, check_finite=True)
-        return native.Scan(vol, affine, name or os.fspath(source))
-    if hasattr(source, 'affine') and hasattr(source, 'dataobj'):  # a nibabel image
+        scan = native.Scan(vol, affine, name or os.fspath(source))
+    elif hasattr(source, 'affine') and hasattr(source, 'dataobj'):  # a nibabel image
         filename = source.get_filename() if hasattr(source, 'get_filename') else None
-        return native.Scan(np.asarray(source.dataobj, np.float32), np.asarray(source.affine, np.float64),
+        scan = native.Scan(np.asarray(source.dataobj, np.float32), np.asarray(source.affine, np.float64),
                            name or filename or 'image')
-    if isinstance(source, tuple) and len(source) == 2:
+    elif isinstance(source, tuple) and len(source) == 2:
         vol, affine = source
-        return native.Scan(np.asarray(vol), None if affine is None else np.asarray(affine, np.float64),
+        scan = native.Scan(np.asarray(vol), None if affine is None else np.asarray(affine, np.float64),
                            name or 'array')
-    return native.Scan(np.asarray(source), None, name or 'array')
+    else:
+        scan = native.Scan(np.asarray(source), None, name or 'array')
+    check_not_constant(scan.vol, scan.name)
+    return scan
 
 
 class Registrar:

@@ -228,7 +228,7 @@ def _read_pair(args):
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
-    from ..io import load_volfile, volume_extension
+    from ..io import check_not_constant, load_volfile, volume_extension
     # zlib and file reads release the GIL
     with ThreadPoolExecutor(3) as pool:
         reads = {'moving': pool.submit(load_volfile, args.moving, ret_affine=True, check_finite=True),
@@ -251,6 +251,8 @@ def _read_pair(args):
         fail(f'{args.moving_seg}: shape {moving_seg.shape} differs from the moving scan {moving.shape}')
     if fixed_seg is not None and fixed_seg.shape != fixed.shape:
         fail(f'{args.fixed_seg}: shape {fixed_seg.shape} differs from the fixed scan {fixed.shape}')
+    check_not_constant(moving, args.moving)
+    check_not_constant(fixed, args.fixed)
     if args.png and fixed_seg is None and volume_extension(args.fixed) == '.npz':
         try:
             fixed_seg = load_volfile(args.fixed, key='seg')
@@ -494,12 +496,13 @@ def _register_jobs(args, registrar, jobs, fixed, fixed_affine):
 
     import keras
 
-    from ..io import atomic_path, load_volfile, save_volfile
+    from ..io import atomic_path, check_not_constant, load_volfile, save_volfile
 
     def read(path):
         vol, affine = load_volfile(path, ret_affine=True, check_finite=True)
         if vol.ndim != fixed.ndim or (vol.shape != fixed.shape and (args.affine == 'off' or vol.ndim != 3)):
             raise ValueError(f'{path}: shape {vol.shape} differs from the fixed scan {args.fixed} {fixed.shape}')
+        check_not_constant(vol, path)
         return vol, affine
 
     def write(outs, result, affine):
