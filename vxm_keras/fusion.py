@@ -58,8 +58,9 @@ def recomputed_gradient(fn, x, upstream):
 
 
 def fused_with_recomputed_gradient(fn):
-    """:func:`fused` ``fn(x, *static)`` whose gradient with respect to ``x`` is a second compiled
-    function that recomputes ``fn`` (:func:`recomputed_gradient`); ``static`` are Python values.
+    """:func:`fused` ``fn(x, *rest)`` whose gradient with respect to ``x`` is a second compiled
+    function that recomputes ``fn`` (:func:`recomputed_gradient`); ``rest`` are Python values or
+    tensors held constant (they get no gradient).
 
     Differentiated as a plain compiled function, TensorFlow rewrites its forward pass to also
     return every intermediate for the backward pass: one more executable to trace, compile and
@@ -68,12 +69,12 @@ def fused_with_recomputed_gradient(fn):
     resolution: about 0.04 s of tracing saved per function).
     """
     forward = fused(fn)
-    backward = fused(lambda x, upstream, *static: recomputed_gradient(lambda v: fn(v, *static), x, upstream))
+    backward = fused(lambda x, upstream, *rest: recomputed_gradient(lambda v: fn(v, *rest), x, upstream))
 
-    def call(x, *static):
+    def call(x, *rest):
         @tf.custom_gradient
         def differentiable(x):
-            return forward(x, *static), lambda upstream: backward(x, upstream, *static)
+            return forward(x, *rest), lambda upstream: backward(x, upstream, *rest)
         return differentiable(x)
 
     call.forward = forward

@@ -379,18 +379,14 @@ def _normalised_gradient(image, eta):
     return grad * tf.math.rsqrt(norm2 + eps * eps + 1e-12)
 
 
-def _ngf_error_of(prepared, image, eta):
+@fused_with_recomputed_gradient
+def _ngf_error(image, prepared, eta):
+    """Per-sample mean of ``1 - (n_F . n_M)^2``, ``prepared`` the fixed image's ``n_F``."""
     dot = tf.reduce_sum(prepared * _normalised_gradient(image, eta), -1)
     return _per_sample_mean(1.0 - dot * dot)
 
 
-_ngf_error = _fused(_ngf_error_of)
 _ngf_prepare = _fused(_normalised_gradient)
-
-
-@_fused
-def _ngf_error_grad(prepared, image, upstream, eta):
-    return recomputed_gradient(lambda x: _ngf_error_of(prepared, x, eta), image, upstream)
 
 
 @_register
@@ -422,13 +418,7 @@ class NGF(keras.losses.Loss):
 
     def prepared_loss(self, prepared, y_pred):
         """:meth:`call` with the fixed image's part from :meth:`prepare`."""
-        eta = self.eta
-
-        @tf.custom_gradient
-        def loss(image):
-            return _ngf_error(prepared, image, eta), lambda upstream: _ngf_error_grad(prepared, image, upstream, eta)
-
-        return loss(tf.cast(y_pred, tf.float32))
+        return _ngf_error(tf.cast(y_pred, tf.float32), prepared, self.eta)
 
     def get_config(self):
         config = super().get_config()
