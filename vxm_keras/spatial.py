@@ -288,9 +288,8 @@ def _upsample_linear(y, factor):
     ndim = len(y.shape) - 2
     for axis in range(1, ndim + 1):
         n = tf.shape(y)[axis]
-        rest = [0] * (ndim + 2)
-        rest[axis] = 1
-        last = tf.one_hot(axis, ndim + 2, on_value=n - 1, off_value=0)
+        rest, last = [0] * (ndim + 2), [0] * (ndim + 2)
+        rest[axis], last[axis] = 1, n - 1
         size = [-1] * (ndim + 2)
         size[axis] = 1
         nxt = tf.concat([tf.slice(y, rest, [-1] * (ndim + 2)), tf.slice(y, last, size)], axis=axis)
@@ -348,7 +347,8 @@ def _box_sum_axis(x, axis, win):
     padding = [[0, 0]] * rank
     padding[axis] = [radius, radius]
     padded = tf.pad(x, padding)
-    size = tf.one_hot(axis, rank, on_value=tf.shape(x)[axis], off_value=-1)
+    size = [-1] * rank
+    size[axis] = tf.shape(x)[axis]
     total = None
     for shift in range(win):
         begin = [0] * rank
