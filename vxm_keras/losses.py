@@ -612,11 +612,6 @@ def _degree_terms(volshape):
     return tuple(tf.constant(count[..., None]) for count in _axis_degrees(volshape))
 
 
-def _degree(volshape):
-    """:func:`degree_matrix` ``(*volshape, 1)`` from :func:`_degree_terms`."""
-    return sum(_degree_terms(volshape))
-
-
 @_fused
 def _kl(params, degree_terms, prior_lambda):
     """Per-sample KL of :class:`KL` from ``params = concat([mu, log_sigma], -1)`` and the
